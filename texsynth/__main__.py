@@ -1,0 +1,5 @@
+import sys
+
+from texsynth.cli import main
+
+sys.exit(main())

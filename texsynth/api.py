@@ -1,0 +1,181 @@
+"""High-level entry points: ``synthesize`` for research code, and the reference's class API."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from texsynth.image_io import ImageSource, save_image, to_pil
+from texsynth.module import TextureSynthesis
+from texsynth.trainer import DEFAULT_LOGDIR, make_trainer
+
+_LIGHTNING_LOGGERS = ("lightning.pytorch", "lightning.fabric", "lightning")
+
+
+@dataclass
+class SynthesisResult:
+    """What a run produced: the image, the final losses and what it cost."""
+
+    image: torch.Tensor  # (3, H, W) in [0, 1], CPU
+    losses: dict[str, float]
+    steps: int
+    evals: int
+    seconds: float
+    module: TextureSynthesis = field(repr=False)
+    log_dir: str | None = None
+
+    def save(self, path: str | os.PathLike) -> Path:
+        return save_image(self.image, path)
+
+
+@contextmanager
+def quiet_lightning(enabled: bool = True) -> Iterator[None]:
+    """Silence Lightning's banner lines (devices, tips) for command-line use."""
+    if not enabled:
+        yield
+        return
+    loggers = [logging.getLogger(name) for name in _LIGHTNING_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+def fit(
+    module: TextureSynthesis,
+    steps: int,
+    *,
+    logdir: str | os.PathLike | None | bool = DEFAULT_LOGDIR,
+    quiet: bool = False,
+    **trainer_options: Any,
+) -> tuple[float, str | None]:
+    """Run ``steps`` L-BFGS steps on ``module`` with a fresh Trainer; returns (seconds, log dir)."""
+    with quiet_lightning(quiet):
+        trainer = make_trainer(steps, logdir=logdir, run_name=module.exemplar_name, **trainer_options)
+        start = time.perf_counter()
+        trainer.fit(module)
+        seconds = time.perf_counter() - start
+    log_dir = trainer.logger.log_dir if trainer.logger is not None else None
+    return seconds, log_dir
+
+
+def synthesize(
+    exemplar: ImageSource,
+    *,
+    steps: int = 50,
+    size: int | str | tuple[int, int] | None = None,
+    backbone: Any = None,
+    weights: Any = None,
+    losses: Any = None,
+    preset: Any = None,
+    seed: int | None = None,
+    logdir: str | os.PathLike | None | bool = False,
+    log_images_every: int = 10,
+    accelerator: str = "auto",
+    precision: str | int | None = "32-true",
+    progress_bar: bool = False,
+    quiet: bool = True,
+    **module_options: Any,
+) -> SynthesisResult:
+    """Synthesize a texture like ``exemplar`` in one call.
+
+    ``steps`` counts L-BFGS steps (each up to ``max_iter`` evaluations). Other keyword
+    options go to :class:`TextureSynthesis` (``exemplar_size``, ``init``, ``lbfgs``, …).
+    TensorBoard logging is off unless ``logdir`` is given.
+    """
+    module = TextureSynthesis(
+        exemplar, size=size, backbone=backbone, weights=weights, losses=losses, preset=preset,
+        seed=seed, **module_options,
+    )
+    seconds, log_dir = fit(
+        module, steps, logdir=logdir, quiet=quiet, accelerator=accelerator,
+        precision=precision, progress_bar=progress_bar, log_images_every=log_images_every,
+    )
+    with torch.no_grad():
+        final = {name: float(value) for name, value in module.compute_losses().items()}
+    return SynthesisResult(
+        image=module.output(), losses=final, steps=module.num_steps, evals=module.num_evals,
+        seconds=seconds, module=module, log_dir=log_dir,
+    )
+
+
+class TextureSynthesisCNN:
+    """The reference implementation's interface, on top of :class:`TextureSynthesis`.
+
+    ``TextureSynthesisCNN(tex_exemplar_path)`` uses the ``liu2016`` preset (VGG19 with
+    ImageNet weights, the reference's exact numerics) unless told otherwise; any keyword of
+    :class:`TextureSynthesis` can be passed (e.g. ``weights="path/to/vgg19.pth"``).
+    """
+
+    def __init__(
+        self,
+        tex_exemplar_path: ImageSource,
+        *,
+        preset: Any = "liu2016",
+        logdir: str | os.PathLike | None | bool = False,
+        progress_bar: bool = True,
+        trainer_options: dict[str, Any] | None = None,
+        **module_options: Any,
+    ) -> None:
+        self.module = TextureSynthesis(tex_exemplar_path, preset=preset, **module_options)
+        self.tex_exemplar_name = self.module.exemplar_name
+        self.logdir = logdir
+        self.progress_bar = progress_bar
+        self.trainer_options = dict(trainer_options or {})
+
+    @property
+    def output_image(self) -> torch.Tensor:
+        """The current synthesized image, ``(3, H, W)`` in [0, 1]."""
+        return self.module.output()
+
+    @property
+    def exemplar(self) -> torch.Tensor:
+        return self.module.exemplar[0].detach().cpu()
+
+    @property
+    def losses(self) -> list[float]:
+        """Loss after each epoch (L-BFGS step) since construction."""
+        return self.module.loss_history
+
+    def synthesize_texture(self, num_epochs: int = 250, display_when_done: bool = False) -> torch.Tensor:
+        """Start from new noise and optimize for ``num_epochs`` L-BFGS steps."""
+        self.module.reset_image()
+        return self.optimize(num_epochs, display_when_done=display_when_done)
+
+    def optimize(self, num_epochs: int = 250, display_when_done: bool = False) -> torch.Tensor:
+        """Continue optimizing the current image, keeping the L-BFGS state."""
+        fit(self.module, num_epochs, logdir=self.logdir, progress_bar=self.progress_bar,
+            quiet=True, **self.trainer_options)
+        if display_when_done:
+            self.display()
+        return self.output_image
+
+    def save_textures(self, output_dir: str | os.PathLike = "./results/", display_when_done: bool = False) -> tuple[Path, Path]:
+        """Write ``exemplar_<name>.png`` and ``synth_<name>.png`` into ``output_dir``."""
+        directory = Path(output_dir)
+        exemplar_path = save_image(self.exemplar, directory / f"exemplar_{self.tex_exemplar_name}.png")
+        synth_path = save_image(self.output_image, directory / f"synth_{self.tex_exemplar_name}.png")
+        if display_when_done:
+            self.display()
+        return exemplar_path, synth_path
+
+    def display(self) -> None:
+        """Show exemplar and synthesis side by side in the system's image viewer."""
+        from PIL import Image
+
+        left, right = to_pil(self.exemplar), to_pil(self.output_image)
+        canvas = Image.new("RGB", (left.width + right.width + 8, max(left.height, right.height)), "white")
+        canvas.paste(left, (0, 0))
+        canvas.paste(right, (left.width + 8, 0))
+        canvas.show()

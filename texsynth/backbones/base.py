@@ -1,0 +1,69 @@
+"""What every backbone provides: a frozen network with named layers to tap."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from texsynth.errors import InvalidArgumentError
+
+
+class Backbone(nn.Module):
+    """A frozen feature network.
+
+    Subclasses name their layers (``named_modules()`` names are the tap names) and say which
+    layers statistics losses use by default (``texture_layers``). Weights are stored as
+    non-persistent buffers, not parameters: the synthesis module's only parameter is then the
+    image, optimizers cannot pick the weights up by accident, no weight gradients are ever
+    computed, and checkpoints stay small (the weights come from their source, not the
+    checkpoint). The network is always in eval mode, whatever ``train()`` is asked.
+    """
+
+    #: layers used by statistics losses (e.g. Gram) when a loss names none.
+    texture_layers: tuple[str, ...] = ()
+
+    def freeze(self) -> Backbone:
+        for module in self.modules():
+            for name, param in list(module._parameters.items()):
+                if param is None:
+                    continue
+                del module._parameters[name]
+                module.register_buffer(name, param.detach(), persistent=False)
+        return super().train(False)
+
+    def train(self, mode: bool = True) -> Backbone:  # noqa: ARG002 - frozen on purpose
+        return super().train(False)
+
+    def check_layers(self, layers: Sequence[str]) -> None:
+        """Raise a clear error if a requested tap does not exist (or cannot be used)."""
+        available = {name for name, _ in self.named_modules() if name}
+        missing = [name for name in layers if name not in available]
+        if missing:
+            raise InvalidArgumentError(
+                f"{type(self).__name__} has no layer(s) {', '.join(map(repr, missing))}; "
+                f"available: {', '.join(sorted(available))}"
+            )
+
+    def min_size(self, layers: Sequence[str]) -> int:
+        """Smallest input side (pixels) for which every layer in ``layers`` is non-empty."""
+        return 1
+
+    def prune(self, layers: Sequence[str]) -> None:
+        """Drop modules that ``layers`` never need (frees memory); default keeps everything."""
+
+    def set_circular_padding(self, enabled: bool = True) -> None:
+        """Make convolutions wrap around the image border (for periodic outputs)."""
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d) and any(p > 0 for p in _as_pair(module.padding)):
+                module.padding_mode = "circular" if enabled else "zeros"
+
+    @property
+    def device(self) -> torch.device:
+        tensor = next(iter(self.buffers()), None)
+        return tensor.device if tensor is not None else torch.device("cpu")
+
+
+def _as_pair(value: object) -> tuple[int, ...]:
+    return tuple(value) if isinstance(value, (tuple, list)) else (int(value),)  # type: ignore[arg-type]

@@ -1,0 +1,72 @@
+"""Hook-based extraction of intermediate activations from any ``nn.Module``.
+
+Forward hooks record the outputs of the requested submodules; once the last requested one
+has fired, a private exception aborts the forward pass, so layers past the deepest tap never
+run (the pattern of baukit's ``TraceDict``). Hooks live only for the duration of one call, so
+nothing leaks and the model stays usable elsewhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from texsynth.errors import InvalidArgumentError
+
+
+class _StopForward(Exception):
+    """Raised from a hook once every requested activation has been captured."""
+
+
+class FeatureExtractor(nn.Module):
+    """Return ``{layer_name: activation}`` for named submodules of ``model``.
+
+    ``layers`` are names as given by ``model.named_modules()``. The model is registered as a
+    submodule so device moves follow the extractor.
+    """
+
+    def __init__(self, model: nn.Module, layers: Iterable[str]) -> None:
+        super().__init__()
+        self.model = model
+        self.layers = tuple(dict.fromkeys(layers))
+        if not self.layers:
+            raise InvalidArgumentError("FeatureExtractor needs at least one layer name")
+        available = dict(model.named_modules())
+        missing = [name for name in self.layers if name not in available or not name]
+        if missing:
+            known = ", ".join(n for n in available if n)
+            raise InvalidArgumentError(
+                f"unknown layer(s) {', '.join(map(repr, missing))} in "
+                f"{type(model).__name__}; available: {known}"
+            )
+        self._modules_by_name = {name: available[name] for name in self.layers}
+
+    def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        captured: dict[str, torch.Tensor] = {}
+        wanted = len(self.layers)
+
+        def make_hook(name: str):
+            def hook(_module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
+                captured[name] = output
+                if len(captured) == wanted:
+                    raise _StopForward
+
+            return hook
+
+        handles = [
+            module.register_forward_hook(make_hook(name))
+            for name, module in self._modules_by_name.items()
+        ]
+        try:
+            self.model(image)
+        except _StopForward:
+            pass
+        finally:
+            for handle in handles:
+                handle.remove()
+        if len(captured) != wanted:
+            missing = [name for name in self.layers if name not in captured]
+            raise RuntimeError(f"layers {missing} were never executed by the forward pass")
+        return {name: captured[name] for name in self.layers}

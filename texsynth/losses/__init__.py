@@ -1,0 +1,36 @@
+"""Loss plugins, found by name.
+
+Add one with a single file::
+
+    from texsynth.losses import TextureLoss, register_loss
+
+    @register_loss("mean_color")
+    class MeanColor(TextureLoss):
+        def set_target(self, exemplar, features, output_size):
+            self.register_buffer("target", exemplar.mean(dim=(2, 3)), persistent=False)
+
+        def forward(self, image, features):
+            return (image.mean(dim=(2, 3)) - self.target).pow(2).sum()
+"""
+
+from texsynth.losses.base import TextureLoss, check_weight
+from texsynth.losses.registry import LOSSES, create_loss, list_losses, register_loss
+
+# Built-ins register themselves on import.
+from texsynth.losses import gram, spectrum  # noqa: E402,F401  isort: skip
+from texsynth.losses.gram import GramLoss, gram_matrix  # noqa: E402
+from texsynth.losses.spectrum import SpectrumLoss, luminance, spectrum_projection  # noqa: E402
+
+__all__ = [
+    "LOSSES",
+    "GramLoss",
+    "SpectrumLoss",
+    "TextureLoss",
+    "check_weight",
+    "create_loss",
+    "gram_matrix",
+    "list_losses",
+    "luminance",
+    "register_loss",
+    "spectrum_projection",
+]

@@ -1,0 +1,62 @@
+"""The contract every loss plugin follows.
+
+A loss names the backbone layers it needs (``layers``; empty for a loss on pixels), computes
+its target once from the exemplar (``set_target``), and returns an unweighted scalar for the
+current image (``forward``). The synthesis module multiplies by ``weight``, sums the terms,
+and runs the backbone once per evaluation for all losses together.
+
+Images are batches ``(B, 3, H, W)`` in [0, 1]; features are ``(B, C, h, w)``. A loss must
+treat batch samples independently (sum over the batch), so that each sample's optimum does
+not depend on the others.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from texsynth.backbones.base import Backbone
+from texsynth.errors import InvalidArgumentError
+
+Features = Mapping[str, torch.Tensor]
+
+
+class TextureLoss(nn.Module):
+    """Base class of loss plugins."""
+
+    #: backbone layers the loss reads; empty means the loss works on pixels only.
+    layers: tuple[str, ...] = ()
+
+    def __init__(self, weight: float = 1.0) -> None:
+        super().__init__()
+        self.weight = check_weight(weight, type(self).__name__)
+
+    @property
+    def uses_features(self) -> bool:
+        return bool(self.layers)
+
+    def bind(self, backbone: Backbone | None) -> None:
+        """Called once with the backbone before targets are computed (e.g. to pick layers)."""
+
+    def set_target(
+        self, exemplar: torch.Tensor, features: Features, output_size: tuple[int, int]
+    ) -> None:
+        """Compute and store what the output must match (under ``torch.no_grad``)."""
+        raise NotImplementedError
+
+    def forward(self, image: torch.Tensor, features: Features) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def check_weight(weight: object, name: str) -> float:
+    """A loss weight must be a finite, non-negative number."""
+    try:
+        value = float(weight)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise InvalidArgumentError(f"weight of {name} must be a number, got {weight!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise InvalidArgumentError(f"weight of {name} must be finite and >= 0, got {weight!r}")
+    return value

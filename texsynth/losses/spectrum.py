@@ -1,0 +1,108 @@
+"""Fourier spectrum constraint (Liu, Gousseau & Xia 2016).
+
+Gram statistics ignore where things are, so large-scale and periodic structure drifts. The
+spectrum constraint pulls the output towards the set of images whose Fourier modulus equals
+the exemplar's: the loss is half the squared distance from the output to its projection on
+that set. The projection keeps the output's phase (shifted as little as possible) and takes
+the exemplar's modulus.
+
+Colour (the paper): one phase shift shared by the channels, from the channel-summed cross
+spectrum S = Σ_c X_c conj(A_c), so colours stay consistent; P_c = IFFT(S / (|S|+ε) · A_c).
+Luminance (the reference implementation): the same on gray = 0.2989 R + 0.587 G + 0.114 B.
+
+The projection is treated as a constant in the backward pass: the gradient of half the
+squared distance to a set is ``x − P(x)`` (the residual is normal to the set at P(x)), and
+this avoids differentiating through the FFTs and the normalization.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from texsynth.errors import InvalidArgumentError
+from texsynth.losses.base import Features, TextureLoss
+from texsynth.losses.registry import register_loss
+
+LUMINANCE_WEIGHTS = (0.2989, 0.587, 0.114)
+SPECTRUM_MODES = ("color", "luminance")
+
+
+def luminance(image: torch.Tensor) -> torch.Tensor:
+    """``(B, 3, H, W)`` RGB to ``(B, 1, H, W)`` gray with the reference's weights."""
+    weights = image.new_tensor(LUMINANCE_WEIGHTS).view(1, 3, 1, 1)
+    return (image * weights).sum(dim=1, keepdim=True)
+
+
+def spectrum_projection(
+    image: torch.Tensor, target_spectrum: torch.Tensor, eps: float = 1e-11
+) -> torch.Tensor:
+    """Project ``image`` onto the images whose Fourier transform is ``target_spectrum`` up to
+    one phase shift per frequency shared by all channels.
+
+    Args:
+        image: ``(B, C, H, W)`` real images (C = 1 for luminance, 3 for colour).
+        target_spectrum: ``(1 or B, C, H, W)`` complex ``fft2`` of the exemplar (or its
+            estimate at this size).
+    Returns:
+        ``(B, C, H, W)`` real projection, same dtype as ``image``.
+    """
+    if image.shape[-3:] != target_spectrum.shape[-3:]:
+        raise InvalidArgumentError(
+            f"image {tuple(image.shape)} and target spectrum {tuple(target_spectrum.shape)} "
+            "must have the same channels and size"
+        )
+    spectrum = torch.fft.fft2(image.float())
+    cross = (spectrum * target_spectrum.conj()).sum(dim=1, keepdim=True)
+    projected = torch.fft.ifft2(cross / (cross.abs() + eps) * target_spectrum)
+    return projected.real.to(image.dtype)
+
+
+def exemplar_spectrum(
+    exemplar: torch.Tensor, output_size: tuple[int, int], mode: str = "color"
+) -> torch.Tensor:
+    """The exemplar's Fourier transform at the output size.
+
+    Same size: ``fft2`` of the exemplar. Smaller output: ``fft2`` of the central crop (a
+    genuine sample of the texture at that size).
+    """
+    image = luminance(exemplar) if mode == "luminance" else exemplar
+    height, width = image.shape[-2:]
+    out_h, out_w = output_size
+    if out_h > height or out_w > width:
+        raise InvalidArgumentError(
+            f"spectrum loss: output {out_w}x{out_h} is larger than the exemplar "
+            f"{width}x{height}; use an output no larger than the exemplar or drop the spectrum loss"
+        )
+    top, left = (height - out_h) // 2, (width - out_w) // 2
+    return torch.fft.fft2(image[..., top : top + out_h, left : left + out_w].float())
+
+
+@register_loss("spectrum")
+class SpectrumLoss(TextureLoss):
+    """½ ‖x − P(x)‖² with P the projection onto the exemplar's Fourier modulus.
+
+    Args:
+        mode: ``"color"`` (the paper: shared phase across RGB) or ``"luminance"`` (the
+            reference implementation).
+        eps: regularizer of the phase normalization.
+    """
+
+    layers = ()
+
+    def __init__(self, mode: str = "color", eps: float = 1e-11, weight: float = 1.0) -> None:
+        super().__init__(weight)
+        if mode not in SPECTRUM_MODES:
+            raise InvalidArgumentError(
+                f"spectrum mode must be one of {', '.join(SPECTRUM_MODES)}, got {mode!r}"
+            )
+        self.mode = mode
+        self.eps = eps
+
+    def set_target(self, exemplar: torch.Tensor, features: Features, output_size: tuple[int, int]) -> None:
+        self.register_buffer("target", exemplar_spectrum(exemplar, output_size, self.mode), persistent=False)
+
+    def forward(self, image: torch.Tensor, features: Features) -> torch.Tensor:
+        signal = luminance(image) if self.mode == "luminance" else image
+        with torch.no_grad():
+            projection = spectrum_projection(signal, self.target, self.eps)
+        return 0.5 * (signal.float() - projection.float()).pow(2).sum()

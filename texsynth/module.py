@@ -1,0 +1,248 @@
+"""The ``TextureSynthesis`` LightningModule: the image is the model.
+
+Its only parameter is the output image. The backbone's weights are buffers, so no optimizer
+can touch them and no weight gradient is ever computed. Optimization is manual: one
+training step is one ``LBFGS.step(closure)`` (the reference's "epoch", up to ``max_iter``
+loss evaluations), with ``zero_grad`` and ``manual_backward`` inside the closure as
+Lightning documents for L-BFGS. Logging happens once per step, outside the closure, from
+the last evaluation, so line-search probes are never logged and no extra evaluation is paid
+for the progress bar.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+from collections.abc import Mapping
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+from texsynth.backbones import Backbone
+from texsynth.errors import InvalidArgumentError
+from texsynth.features import FeatureExtractor
+from texsynth.image_io import ImageSource, Size, center_crop_resize, parse_size
+from texsynth.init import INITS, initial_image
+from texsynth.presets import LBFGS_DEFAULTS, Preset
+from texsynth.recipe import LossSpec, resolve_recipe
+
+
+class TextureSynthesis(L.LightningModule):
+    """Optimize an image so its CNN statistics match an exemplar's.
+
+    Args:
+        exemplar: path, bundled example name, PIL image, array or tensor (RGB in [0, 1]).
+        size: output size, ``N`` or ``(height, width)`` or ``"WxH"``; default: the
+            (preprocessed) exemplar's size.
+        exemplar_size: centre-crop and resize the exemplar to this size first (the
+            reference used 256); default: the preset's choice, or as given.
+        backbone: registered name or an ``nn.Module``; default: the preset's.
+        backbone_options: keyword options for a named backbone.
+        weights: weights source for a named backbone (``"imagenet"``, a path, ``None``).
+        losses: mapping ``{name: weight or options}`` merged over the preset's losses
+            (weight 0 drops one), or a sequence of names / ``TextureLoss`` objects that
+            replaces them.
+        preset: a recipe name (``liu2016``, ``vgg19``, ``random_multiscale``) or ``Preset``.
+        seed: seeds the initial image; ``None`` draws one (recorded in ``hparams``).
+        init: starting image (``sigmoid``, ``uniform``, ``gaussian``, ``random_phase``).
+        lbfgs: ``torch.optim.LBFGS`` options over the preset's (lr, max_iter, history_size, …).
+    """
+
+    def __init__(
+        self,
+        exemplar: ImageSource,
+        *,
+        size: int | str | tuple[int, int] | None = None,
+        exemplar_size: int | str | tuple[int, int] | None = None,
+        backbone: str | nn.Module | None = None,
+        backbone_options: Mapping[str, Any] | None = None,
+        weights: Any = None,
+        losses: LossSpec = None,
+        preset: str | Preset | None = None,
+        seed: int | None = None,
+        init: str | None = None,
+        lbfgs: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        from texsynth.examples import load_exemplar
+
+        exemplar_tensor, self.exemplar_name = load_exemplar(exemplar)
+        recipe = resolve_recipe(preset, backbone, backbone_options, weights, losses)
+        self.preset = recipe.preset
+        self.backbone_name = recipe.backbone_name
+
+        prep = parse_size(exemplar_size, "exemplar_size") or parse_size(
+            recipe.preset.exemplar_size, "exemplar_size"
+        )
+        if prep is not None:
+            exemplar_tensor = center_crop_resize(exemplar_tensor, prep)
+        self.output_size: Size = parse_size(size) or tuple(exemplar_tensor.shape[-2:])  # type: ignore[assignment]
+
+        self.loss_terms = nn.ModuleDict(recipe.losses)
+        layers = list(dict.fromkeys(l for loss in recipe.losses.values() for l in loss.layers))
+        self.backbone = recipe.backbone
+        self.extractor: FeatureExtractor | None = None
+        if layers:
+            if isinstance(self.backbone, Backbone):
+                self.backbone.check_layers(layers)
+                self.backbone.prune(layers)
+                _check_min_size(self.backbone.min_size(layers), exemplar_tensor.shape[-2:], "exemplar")
+                _check_min_size(self.backbone.min_size(layers), self.output_size, "output size")
+            self.extractor = FeatureExtractor(self.backbone, layers)
+
+        self.init_kind = init or recipe.preset.init
+        if self.init_kind not in INITS:
+            raise InvalidArgumentError(f"unknown init {self.init_kind!r}; known: {', '.join(INITS)}")
+        self.lbfgs_options = {**LBFGS_DEFAULTS, **recipe.preset.lbfgs, **(lbfgs or {})}
+        _check_lbfgs(self.lbfgs_options)
+        self.seed = seed if seed is not None else random.SystemRandom().randrange(2**31)
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
+            raise InvalidArgumentError(f"seed must be a non-negative integer, got {seed!r}")
+        self._generator = torch.Generator().manual_seed(self.seed)
+
+        self.register_buffer("exemplar", exemplar_tensor, persistent=False)
+        self.exemplar_digest = hashlib.sha256(exemplar_tensor.numpy().tobytes()).hexdigest()[:16]
+        self.image = nn.Parameter(self._new_image())
+        self._optimizer: torch.optim.LBFGS | None = None
+        self._targets_device: torch.device | None = None
+        self.num_evals = 0
+        self.num_steps = 0
+        self.loss_history: list[float] = []
+        self.last_losses: dict[str, torch.Tensor] = {}
+        self.save_hyperparameters(self.describe(), logger=True)
+
+    # ------------------------------------------------------------------ configuration
+    def describe(self) -> dict[str, Any]:
+        """A JSON-friendly summary of the run's settings (logged as hyper-parameters)."""
+        return {
+            "exemplar": self.exemplar_name,
+            "exemplar_sha256_16": self.exemplar_digest,
+            "exemplar_size": list(self.exemplar.shape[-2:]),
+            "size": list(self.output_size),
+            "preset": self.preset.name,
+            "backbone": self.backbone_name,
+            "losses": {name: _loss_config(loss) for name, loss in self.loss_terms.items()},
+            "init": self.init_kind,
+            "seed": self.seed,
+            "lbfgs": dict(self.lbfgs_options),
+        }
+
+    # ------------------------------------------------------------------ image state
+    def _new_image(self) -> torch.Tensor:
+        shape = (1, 3, *self.output_size)
+        return initial_image(self.init_kind, shape, self._generator, self.exemplar)
+
+    def reset_image(self) -> None:
+        """Start again from fresh noise (a new variation) and forget the L-BFGS state."""
+        with torch.no_grad():
+            self.image.copy_(self._new_image().to(self.image.device))
+        self._optimizer = None
+
+    def output(self) -> torch.Tensor:
+        """The current result as a ``(3, H, W)`` tensor clipped to [0, 1], on the CPU."""
+        return self.image.detach()[0].clamp(0, 1).cpu()
+
+    # ------------------------------------------------------------------ losses
+    def _ensure_targets(self) -> None:
+        device = self.image.device
+        if self._targets_device == device:
+            return
+        with torch.no_grad():
+            exemplar = self.exemplar.to(device)
+            features = self._features(exemplar)
+            for loss in self.loss_terms.values():
+                loss.set_target(exemplar, features, self.output_size)
+        self._targets_device = device
+
+    def _features(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.extractor(image) if self.extractor is not None else {}
+
+    def compute_losses(self, image: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Each weighted loss term as it enters the total, plus ``"total"``.
+
+        Works on any image of the output size (default: the current one); differentiable.
+        """
+        if image is None:
+            image = self.image
+        elif image.dim() == 3:
+            image = image.unsqueeze(0)
+        self._ensure_targets()
+        features = self._features(image)
+        terms = {name: loss.weight * loss(image, features) for name, loss in self.loss_terms.items()}
+        terms["total"] = torch.stack(list(terms.values())).sum()
+        return terms
+
+    # ------------------------------------------------------------------ Lightning hooks
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        # Reusing the optimizer keeps L-BFGS history across fits (``optimize`` continues).
+        if self._optimizer is None or self._optimizer.param_groups[0]["params"][0] is not self.image:
+            self._optimizer = torch.optim.LBFGS([self.image], **self.lbfgs_options)
+        return self._optimizer
+
+    def train_dataloader(self) -> range:
+        # Batches carry nothing: the image is the model. One batch is one L-BFGS step.
+        return range(max(int(self.trainer.max_steps), 1))
+
+    def on_fit_start(self) -> None:
+        self._ensure_targets()
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        optimizer = self.optimizers()
+
+        def closure() -> torch.Tensor:
+            optimizer.zero_grad()
+            terms = self.compute_losses()
+            self.manual_backward(terms["total"])
+            self.num_evals += 1
+            self.last_losses = {name: value.detach() for name, value in terms.items()}
+            return terms["total"]
+
+        optimizer.step(closure=closure)
+        self.num_steps += 1
+        total = float(self.last_losses["total"])
+        self.loss_history.append(total)
+        for name, value in self.last_losses.items():
+            self.log(f"loss/{name}", value, on_step=True, on_epoch=False)
+        self.log("loss", total, on_step=True, on_epoch=False, prog_bar=True, logger=False)
+        self.log("evals", float(self.num_evals), on_step=True, on_epoch=False)
+
+
+
+def _check_min_size(minimum: int, size: Any, what: str) -> None:
+    height, width = (int(v) for v in size)
+    if min(height, width) < minimum:
+        raise InvalidArgumentError(
+            f"{what} {width}x{height} is too small for the chosen backbone layers: "
+            f"each side must be at least {minimum} pixels"
+        )
+
+
+def _check_lbfgs(options: Mapping[str, Any]) -> None:
+    allowed = set(LBFGS_DEFAULTS) | {"max_eval"}
+    unknown = set(options) - allowed
+    if unknown:
+        raise InvalidArgumentError(f"unknown L-BFGS option(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+    for key in ("max_iter", "history_size"):
+        value = options[key]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise InvalidArgumentError(f"L-BFGS {key} must be a positive integer, got {value!r}")
+    lr = options["lr"]
+    if not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
+        raise InvalidArgumentError(f"L-BFGS lr must be a positive number, got {lr!r}")
+    if options["line_search_fn"] not in (None, "strong_wolfe"):
+        raise InvalidArgumentError(
+            f"L-BFGS line_search_fn must be None or 'strong_wolfe', got {options['line_search_fn']!r}"
+        )
+
+
+def _loss_config(loss: nn.Module) -> dict[str, Any]:
+    config: dict[str, Any] = {"type": type(loss).__name__, "weight": getattr(loss, "weight", None)}
+    for key in ("layers", "normalization", "mode"):
+        if hasattr(loss, key):
+            value = getattr(loss, key)
+            config[key] = list(value) if isinstance(value, tuple) else value
+    return config

@@ -1,0 +1,123 @@
+"""Named recipes: a backbone, its options, losses with weights, initialization, optimizer.
+
+``liu2016`` reproduces the reference implementation's numerics exactly (see the README),
+so its loss values are comparable with the reference's published ones.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from texsynth._registry import Registry
+
+LBFGS_DEFAULTS: dict[str, Any] = {
+    "lr": 1.0,
+    "max_iter": 20,
+    "history_size": 100,
+    "line_search_fn": None,
+    "tolerance_grad": 1e-7,
+    "tolerance_change": 1e-9,
+}
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Everything a run needs besides the exemplar, the size and the seed."""
+
+    name: str
+    description: str
+    backbone: str
+    backbone_options: dict[str, Any] = field(default_factory=dict)
+    #: loss name -> constructor options (``weight`` included).
+    losses: dict[str, dict[str, Any]] = field(default_factory=dict)
+    init: str = "sigmoid"
+    #: exemplar preprocessing: centre crop + resize to this size (None keeps it as given).
+    exemplar_size: int | tuple[int, int] | None = None
+    lbfgs: dict[str, Any] = field(default_factory=lambda: dict(LBFGS_DEFAULTS))
+
+    def loss_options(self) -> dict[str, dict[str, Any]]:
+        return copy.deepcopy(self.losses)
+
+
+PRESETS: Registry[Preset] = Registry("preset")
+
+
+def register_preset(preset: Preset, *, override: bool = False) -> Preset:
+    PRESETS.add(preset.name, _constant(preset), override=override)
+    return preset
+
+
+def get_preset(name: str) -> Preset:
+    return PRESETS.create(name)
+
+
+def list_presets() -> list[str]:
+    return PRESETS.names()
+
+
+def _constant(preset: Preset) -> Callable[[], Preset]:
+    def factory() -> Preset:
+        return preset
+
+    factory.__qualname__ = f"preset:{preset.name}"
+    return factory
+
+
+LIU2016 = register_preset(
+    Preset(
+        name="liu2016",
+        description=(
+            "Liu, Gousseau & Xia (2016) as in the reference implementation: VGG19 (ImageNet, "
+            "average pooling, no input normalization), Gram/(4CHW) at conv1_1 and pool1-pool5 "
+            "with weights 1e9, luminance spectrum loss x1e5, sigmoid-noise init, L-BFGS defaults, "
+            "exemplar cropped and resized to 256x256"
+        ),
+        backbone="vgg19",
+        backbone_options={"weights": "imagenet", "pooling": "avg", "normalize_input": False},
+        losses={
+            "gram": {
+                "layers": ["conv1_1", "pool1", "pool2", "pool3", "pool4", "pool5"],
+                "layer_weights": 1e9,
+                "normalization": "4chw",
+                "weight": 1.0,
+            },
+            "spectrum": {"mode": "luminance", "weight": 1e5},
+        },
+        init="sigmoid",
+        exemplar_size=256,
+    )
+)
+
+VGG19_DEFAULT = register_preset(
+    Preset(
+        name="vgg19",
+        description=(
+            "VGG19 with ImageNet weights and input normalization, average pooling; Gram "
+            "(relu1_1, pool1-pool4) + colour spectrum constraint (Liu et al. 2016)"
+        ),
+        backbone="vgg19",
+        backbone_options={"weights": "imagenet", "pooling": "avg"},
+        losses={
+            "gram": {"layer_weights": 1e6, "normalization": "chw", "weight": 1.0},
+            "spectrum": {"mode": "color", "weight": 1.0},
+        },
+    )
+)
+
+RANDOM_MULTISCALE = register_preset(
+    Preset(
+        name="random_multiscale",
+        description=(
+            "weight-free: one layer of random filters at several kernel sizes "
+            "(Ustyuzhaninov et al. 2017), per-scale Gram + colour spectrum constraint"
+        ),
+        backbone="random_multiscale",
+        backbone_options={},
+        losses={
+            "gram": {"layer_weights": 1e-3, "normalization": "chw", "weight": 1.0},
+            "spectrum": {"mode": "color", "weight": 1.0},
+        },
+    )
+)

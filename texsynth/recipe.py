@@ -1,0 +1,182 @@
+"""Turning user arguments (names, weights, options, objects) into backbone and loss modules."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Union
+
+from torch import nn
+
+from texsynth._logging import log
+from texsynth.backbones import BACKBONES, Backbone, create_backbone
+from texsynth.backbones.vgg import imagenet_weights_cached, imagenet_weights_path
+from texsynth.errors import InvalidArgumentError
+from texsynth.losses import LOSSES, TextureLoss, check_weight, create_loss
+from texsynth.presets import PRESETS, Preset, get_preset
+
+LossSpec = Union[
+    None,
+    Mapping[str, Union[float, Mapping[str, Any]]],
+    Sequence[Union[str, TextureLoss, tuple]],
+    TextureLoss,
+]
+
+
+@dataclass
+class Recipe:
+    preset: Preset
+    backbone: nn.Module
+    backbone_name: str
+    losses: dict[str, TextureLoss]
+
+
+def default_preset_name() -> str:
+    """VGG19 when its ImageNet weights are already cached, else the weight-free recipe.
+
+    Never starts a download: a 548 MB surprise is worse than a weight-free default.
+    """
+    if imagenet_weights_cached():
+        log.info("backbone: vgg19 (ImageNet weights found in %s)", imagenet_weights_path().parent)
+        return "vgg19"
+    log.info(
+        "backbone: random_multiscale (weight-free); for VGG19 run `texsynth download-weights` "
+        "or pass --weights PATH"
+    )
+    return "random_multiscale"
+
+
+def resolve_recipe(
+    preset: str | Preset | None = None,
+    backbone: str | nn.Module | None = None,
+    backbone_options: Mapping[str, Any] | None = None,
+    weights: Any = None,
+    losses: LossSpec = None,
+) -> Recipe:
+    preset_obj = _resolve_preset(preset, backbone)
+    backbone_module, backbone_name = _resolve_backbone(preset_obj, backbone, backbone_options, weights)
+    loss_modules = resolve_losses(losses, preset_obj)
+    for loss in loss_modules.values():
+        loss.bind(backbone_module if isinstance(backbone_module, Backbone) else None)
+    return Recipe(preset_obj, backbone_module, backbone_name, loss_modules)
+
+
+def _resolve_preset(preset: str | Preset | None, backbone: str | nn.Module | None) -> Preset:
+    if isinstance(preset, Preset):
+        return preset
+    if preset is not None:
+        return get_preset(preset)
+    if backbone is None:
+        return get_preset(default_preset_name())
+    if isinstance(backbone, str) and backbone in PRESETS:
+        return get_preset(backbone)
+    name = backbone if isinstance(backbone, str) else type(backbone).__name__
+    return Preset(
+        name=f"{name}-default",
+        description=f"Gram + colour spectrum on {name}'s texture layers",
+        backbone=name,
+        losses={"gram": {"weight": 1.0}, "spectrum": {"mode": "color", "weight": 1.0}},
+    )
+
+
+def _resolve_backbone(
+    preset: Preset,
+    backbone: str | nn.Module | None,
+    options: Mapping[str, Any] | None,
+    weights: Any,
+) -> tuple[nn.Module, str]:
+    if isinstance(backbone, nn.Module):
+        if weights is not None:
+            raise InvalidArgumentError("weights cannot be combined with a backbone module")
+        if not isinstance(backbone, Backbone):
+            for param in backbone.parameters():
+                param.requires_grad_(False)
+            backbone.eval()
+        return backbone, type(backbone).__name__
+    name = backbone or preset.backbone
+    if not isinstance(name, str):
+        raise InvalidArgumentError(f"backbone must be a name or nn.Module, got {type(name).__name__}")
+    BACKBONES.get(name)  # unknown names fail here with the list of known ones
+    merged = dict(preset.backbone_options) if name == preset.backbone else {}
+    merged.update(options or {})
+    if weights is not None:
+        merged["weights"] = weights
+    try:
+        return create_backbone(name, **merged), name
+    except TypeError as error:
+        raise InvalidArgumentError(f"backbone {name!r}: {error}") from None
+
+
+def resolve_losses(spec: LossSpec, preset: Preset) -> dict[str, TextureLoss]:
+    """Mapping: merged over the preset's losses (weight 0 drops one). Sequence: replaces them."""
+    if isinstance(spec, TextureLoss):
+        spec = [spec]
+    if spec is None or isinstance(spec, Mapping):
+        options = preset.loss_options()
+        for name, value in (spec or {}).items():
+            if isinstance(value, Mapping):
+                options[name] = {**options.get(name, {}), **value}
+            else:
+                options.setdefault(name, {})["weight"] = check_weight(value, f"loss {name!r}")
+        built = {name: _create(name, opts) for name, opts in options.items()}
+    elif isinstance(spec, Sequence) and not isinstance(spec, str):
+        built = {}
+        for item in spec:
+            name, loss = _from_item(item)
+            unique, index = name, 2
+            while unique in built:
+                unique, index = f"{name}_{index}", index + 1
+            built[unique] = loss
+    else:
+        raise InvalidArgumentError(
+            f"losses must be a mapping, a sequence or a TextureLoss, got {type(spec).__name__}"
+        )
+    built = {name: loss for name, loss in built.items() if loss.weight != 0}
+    if not built:
+        raise InvalidArgumentError("no loss left to optimize (all weights are 0)")
+    return built
+
+
+def _create(name: str, options: Mapping[str, Any]) -> TextureLoss:
+    LOSSES.get(name)  # unknown names fail here with the list of known ones
+    try:
+        loss = create_loss(name, **options)
+    except TypeError as error:
+        raise InvalidArgumentError(f"loss {name!r}: {error}") from None
+    if not isinstance(loss, TextureLoss):
+        raise InvalidArgumentError(f"loss {name!r} did not build a TextureLoss")
+    return loss
+
+
+def _from_item(item: Any) -> tuple[str, TextureLoss]:
+    if isinstance(item, TextureLoss):
+        return getattr(item, "name", None) or _snake(type(item).__name__), item
+    if isinstance(item, str):
+        return item, _create(item, {})
+    if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str):
+        name, value = item
+        options = dict(value) if isinstance(value, Mapping) else {"weight": value}
+        return name, _create(name, options)
+    raise InvalidArgumentError(f"cannot make a loss from {item!r}")
+
+
+def parse_loss_argument(text: str) -> tuple[str, float]:
+    """``"gram=1e9"`` to ``("gram", 1e9)``, for ``--loss NAME=WEIGHT``."""
+    name, sep, value = text.partition("=")
+    name = name.strip()
+    if not sep or not name or not value.strip():
+        raise InvalidArgumentError(f"--loss {text!r}: expected NAME=WEIGHT, e.g. gram=1")
+    try:
+        weight = float(value)
+    except ValueError:
+        raise InvalidArgumentError(f"--loss {text!r}: weight {value!r} is not a number") from None
+    if not math.isfinite(weight) or weight < 0:
+        raise InvalidArgumentError(f"--loss {text!r}: weight must be finite and >= 0")
+    return name, weight
+
+
+def _snake(name: str) -> str:
+    name = re.sub(r"Loss$", "", name) or name
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()

@@ -1,0 +1,68 @@
+"""Building the Lightning ``Trainer`` for a synthesis run."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from texsynth.callbacks import TensorBoardImages
+from texsynth.errors import InvalidArgumentError
+
+DEFAULT_LOGDIR = "texsynth_logs"
+
+# Batches are empty placeholders (the image is the model): worker and batch-size warnings
+# about the data pipeline do not apply.
+_IRRELEVANT_WARNINGS = (
+    r".*does not have many workers.*",
+    r".*Trying to infer the `batch_size`.*",
+    r".*smaller than the logging interval.*",
+    r".*`training_step` returned `None`.*",
+    r".*module\(s\) in eval mode.*",  # the frozen backbone is in eval mode on purpose
+    r".*isinstance\(treespec, LeafSpec\).*",  # raised inside Lightning, not actionable here
+)
+
+
+def make_trainer(
+    steps: int,
+    *,
+    logdir: str | os.PathLike | None | bool = DEFAULT_LOGDIR,
+    run_name: str = "texsynth",
+    accelerator: str = "auto",
+    devices: int | str | Sequence[int] = 1,
+    precision: str | int | None = "32-true",
+    progress_bar: bool = True,
+    log_images_every: int = 10,
+    callbacks: Sequence[L.Callback] = (),
+    **trainer_options: Any,
+) -> L.Trainer:
+    """A Trainer running ``steps`` L-BFGS steps; ``logdir=False``/``None`` disables logging."""
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise InvalidArgumentError(f"steps must be a positive integer, got {steps!r}")
+    logger: TensorBoardLogger | bool = False
+    extra: list[L.Callback] = []
+    if logdir:
+        logger = TensorBoardLogger(save_dir=str(Path(logdir)), name=run_name, default_hp_metric=False)
+        extra.append(TensorBoardImages(log_images_every))
+    for pattern in _IRRELEVANT_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
+    return L.Trainer(
+        max_steps=steps,
+        max_epochs=-1,
+        accelerator=accelerator,
+        devices=devices,
+        precision=precision,
+        logger=logger,
+        callbacks=[*extra, *callbacks],
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=progress_bar,
+        num_sanity_val_steps=0,
+        log_every_n_steps=1,
+        **trainer_options,
+    )
