@@ -241,7 +241,7 @@ def _check_lbfgs(options: Mapping[str, Any]) -> None:
 
 def _loss_config(loss: nn.Module) -> dict[str, Any]:
     config: dict[str, Any] = {"type": type(loss).__name__, "weight": getattr(loss, "weight", None)}
-    for key in ("layers", "normalization", "mode"):
+    for key in ("layers", "normalization", "relative", "mode"):
         if hasattr(loss, key):
             value = getattr(loss, key)
             config[key] = list(value) if isinstance(value, tuple) else value

@@ -12,6 +12,7 @@ from torch import nn
 
 from texsynth._logging import log
 from texsynth.backbones import BACKBONES, Backbone, create_backbone
+from texsynth.backbones.base import freeze_module
 from texsynth.backbones.vgg import imagenet_weights_cached, imagenet_weights_path
 from texsynth.errors import InvalidArgumentError
 from texsynth.losses import LOSSES, TextureLoss, check_weight, create_loss
@@ -91,9 +92,7 @@ def _resolve_backbone(
         if weights is not None:
             raise InvalidArgumentError("weights cannot be combined with a backbone module")
         if not isinstance(backbone, Backbone):
-            for param in backbone.parameters():
-                param.requires_grad_(False)
-            backbone.eval()
+            freeze_module(backbone)
         return backbone, type(backbone).__name__
     name = backbone or preset.backbone
     if not isinstance(name, str):

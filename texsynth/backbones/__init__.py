@@ -19,6 +19,6 @@ from texsynth.backbones.registry import (
 )
 
 # Built-ins register themselves on import.
-from texsynth.backbones import random_multiscale, vgg  # noqa: E402,F401  isort: skip
+from texsynth.backbones import random_multiscale, random_pyramid, vgg  # noqa: E402,F401  isort: skip
 
 __all__ = ["BACKBONES", "Backbone", "create_backbone", "list_backbones", "register_backbone"]

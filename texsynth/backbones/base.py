@@ -25,13 +25,8 @@ class Backbone(nn.Module):
     texture_layers: tuple[str, ...] = ()
 
     def freeze(self) -> Backbone:
-        for module in self.modules():
-            for name, param in list(module._parameters.items()):
-                if param is None:
-                    continue
-                del module._parameters[name]
-                module.register_buffer(name, param.detach(), persistent=False)
-        return super().train(False)
+        freeze_module(self)
+        return self
 
     def train(self, mode: bool = True) -> Backbone:  # noqa: ARG002 - frozen on purpose
         return super().train(False)
@@ -67,3 +62,18 @@ class Backbone(nn.Module):
 
 def _as_pair(value: object) -> tuple[int, ...]:
     return tuple(value) if isinstance(value, (tuple, list)) else (int(value),)  # type: ignore[arg-type]
+
+
+def freeze_module(module: nn.Module) -> nn.Module:
+    """Turn every parameter of ``module`` into a non-persistent buffer and set eval mode.
+
+    Any ``nn.Module`` can then serve as a backbone without becoming trainable: it has no
+    parameters left for an optimizer or a gradient to reach.
+    """
+    for submodule in module.modules():
+        for name, param in list(submodule._parameters.items()):
+            if param is None:
+                continue
+            del submodule._parameters[name]
+            submodule.register_buffer(name, param.detach(), persistent=False)
+    return nn.Module.train(module, False)

@@ -13,9 +13,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-import torchvision
 from torch import nn
 from torchvision.models import VGG19_Weights
+from torchvision.models.vgg import cfgs, make_layers
 
 from texsynth.backbones.base import Backbone
 from texsynth.backbones.registry import register_backbone
@@ -39,6 +39,21 @@ def download_imagenet_weights(progress: bool = True) -> Path:
     """Fetch the ImageNet VGG19 weights into torchvision's cache (548 MB)."""
     _load_imagenet_state_dict(progress=progress)
     return imagenet_weights_path()
+
+
+def _vgg19_features(seed: int) -> nn.Sequential:
+    """VGG19 ``features`` only (building the 120M-parameter classifier costs seconds), with
+    torchvision's initialization (Kaiming-normal, fan-out) drawn from ``seed``."""
+    generator = torch.Generator().manual_seed(seed)
+    features = make_layers(cfgs["E"], batch_norm=False)
+    with torch.no_grad():
+        for module in features:
+            if isinstance(module, nn.Conv2d):
+                fan_out = module.out_channels * module.kernel_size[0] * module.kernel_size[1]
+                std = (2.0 / fan_out) ** 0.5
+                module.weight.copy_(torch.randn(module.weight.shape, generator=generator) * std)
+                module.bias.zero_()
+    return features
 
 
 def _vgg19_layer_names(features: nn.Sequential) -> list[str]:
@@ -94,9 +109,7 @@ class VGG19(Backbone):
             raise InvalidArgumentError(f"pooling must be 'avg' or 'max', got {pooling!r}")
         self.weights_source = _describe_weights(weights)
         self.pooling = pooling
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)  # a random init is reproducible
-            features = torchvision.models.vgg19(weights=None).features
+        features = _vgg19_features(seed)
         names = _vgg19_layer_names(features)
         self.torchvision_index = {name: i for i, name in enumerate(names)}
         state_dict = _load_weights(weights, progress=progress)

@@ -60,3 +60,8 @@ def check_weight(weight: object, name: str) -> float:
     if not math.isfinite(value) or value < 0:
         raise InvalidArgumentError(f"weight of {name} must be finite and >= 0, got {weight!r}")
     return value
+
+
+def at_least_float32(tensor: torch.Tensor) -> torch.Tensor:
+    """Statistics are computed in float32 (or float64 if given): half precision loses them."""
+    return tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor

@@ -12,7 +12,7 @@ import torch
 
 from texsynth.backbones.base import Backbone
 from texsynth.errors import InvalidArgumentError
-from texsynth.losses.base import Features, TextureLoss
+from texsynth.losses.base import Features, TextureLoss, at_least_float32
 from texsynth.losses.registry import register_loss
 
 #: divisor of F Fᵀ for each normalization choice, as a function of (C, H, W).
@@ -39,7 +39,7 @@ def gram_matrix(features: torch.Tensor, normalization: str = "chw") -> torch.Ten
             f"unknown Gram normalization {normalization!r}; known: {', '.join(GRAM_NORMALIZATIONS)}"
         )
     batch, channels, height, width = features.shape
-    flat = features.reshape(batch, channels, height * width).float()
+    flat = at_least_float32(features.reshape(batch, channels, height * width))
     divisor = GRAM_NORMALIZATIONS[normalization](channels, height, width)
     return torch.bmm(flat, flat.transpose(1, 2)) / divisor
 
@@ -52,6 +52,8 @@ class GramLoss(TextureLoss):
         layers: backbone taps; default: the backbone's ``texture_layers``.
         layer_weights: one number for all layers, a sequence (one per layer) or a mapping.
         normalization: ``"chw"``, ``"4chw"`` (reference), ``"hw"`` (Gatys) or ``"none"``.
+        relative: divide each layer's error by ‖G_l(exemplar)‖², so layers (and backbones)
+            of very different activation scales weigh alike and weights near 1 make sense.
     """
 
     def __init__(
@@ -59,9 +61,11 @@ class GramLoss(TextureLoss):
         layers: Sequence[str] | None = None,
         layer_weights: float | Sequence[float] | Mapping[str, float] = 1.0,
         normalization: str = "chw",
+        relative: bool = False,
         weight: float = 1.0,
     ) -> None:
         super().__init__(weight)
+        self.relative = bool(relative)
         if normalization not in GRAM_NORMALIZATIONS:
             raise InvalidArgumentError(
                 f"gram normalization must be one of {', '.join(GRAM_NORMALIZATIONS)}, "
@@ -100,16 +104,18 @@ class GramLoss(TextureLoss):
         self.layer_weights = dict(zip(self.layers, values))
 
     def set_target(self, exemplar: torch.Tensor, features: Features, output_size: tuple[int, int]) -> None:
+        self.layer_scales: dict[str, float] = {}
         for name in self.layers:
-            self.register_buffer(
-                _buffer_name(name), gram_matrix(features[name], self.normalization), persistent=False
-            )
+            target = gram_matrix(features[name], self.normalization)
+            self.register_buffer(_buffer_name(name), target, persistent=False)
+            scale = 1.0 / max(float(target.pow(2).sum()), 1e-30) if self.relative else 1.0
+            self.layer_scales[name] = self.layer_weights[name] * scale
 
     def forward(self, image: torch.Tensor, features: Features) -> torch.Tensor:
-        total = image.new_zeros((), dtype=torch.float32)
+        total = torch.zeros((), device=image.device)
         for name in self.layers:
             difference = gram_matrix(features[name], self.normalization) - getattr(self, _buffer_name(name))
-            total = total + self.layer_weights[name] * difference.pow(2).sum()
+            total = total + self.layer_scales[name] * difference.pow(2).sum()
         return total
 
 

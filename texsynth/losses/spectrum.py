@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from texsynth.errors import InvalidArgumentError
-from texsynth.losses.base import Features, TextureLoss
+from texsynth.losses.base import Features, TextureLoss, at_least_float32
 from texsynth.losses.registry import register_loss
 
 LUMINANCE_WEIGHTS = (0.2989, 0.587, 0.114)
@@ -51,7 +51,7 @@ def spectrum_projection(
             f"image {tuple(image.shape)} and target spectrum {tuple(target_spectrum.shape)} "
             "must have the same channels and size"
         )
-    spectrum = torch.fft.fft2(image.float())
+    spectrum = torch.fft.fft2(at_least_float32(image))
     cross = (spectrum * target_spectrum.conj()).sum(dim=1, keepdim=True)
     projected = torch.fft.ifft2(cross / (cross.abs() + eps) * target_spectrum)
     return projected.real.to(image.dtype)
@@ -74,7 +74,7 @@ def exemplar_spectrum(
             f"{width}x{height}; use an output no larger than the exemplar or drop the spectrum loss"
         )
     top, left = (height - out_h) // 2, (width - out_w) // 2
-    return torch.fft.fft2(image[..., top : top + out_h, left : left + out_w].float())
+    return torch.fft.fft2(at_least_float32(image[..., top : top + out_h, left : left + out_w]))
 
 
 @register_loss("spectrum")
@@ -105,4 +105,5 @@ class SpectrumLoss(TextureLoss):
         signal = luminance(image) if self.mode == "luminance" else image
         with torch.no_grad():
             projection = spectrum_projection(signal, self.target, self.eps)
-        return 0.5 * (signal.float() - projection.float()).pow(2).sum()
+        signal = at_least_float32(signal)
+        return 0.5 * (signal - projection.to(signal.dtype)).pow(2).sum()

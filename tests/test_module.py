@@ -1,0 +1,187 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import TINY_BACKBONE
+from texsynth import TextureSynthesis
+from texsynth.api import fit
+from texsynth.errors import InvalidArgumentError
+from texsynth.losses import GramLoss, SpectrumLoss, TextureLoss
+
+
+def _module(exemplar: torch.Tensor, **kwargs) -> TextureSynthesis:
+    options = {**TINY_BACKBONE, "seed": 0, **kwargs}
+    return TextureSynthesis(exemplar, **options)
+
+
+def test_the_image_is_the_only_parameter(exemplar):
+    module = _module(exemplar)
+    params = list(module.parameters())
+    assert len(params) == 1 and params[0] is module.image
+    assert module.image.shape == (1, 3, 32, 32)
+    assert module.state_dict().keys() == {"image"}  # backbone weights are not checkpointed
+
+
+def test_a_plain_user_module_backbone_is_frozen_too(exemplar):
+    user_net = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU())
+    module = TextureSynthesis(exemplar, backbone=user_net, losses=[GramLoss(layers=["1"])], seed=0)
+    assert [p is module.image for p in module.parameters()] == [True]
+    fit(module, 1, logdir=False, progress_bar=False, quiet=True)
+    assert all(b.grad is None for b in user_net.buffers())
+
+
+def test_steps_run_lbfgs_inner_iterations_with_zero_grad_inside_the_closure(exemplar, monkeypatch):
+    module = _module(exemplar, lbfgs={"max_iter": 4})
+    calls: list[int] = []
+    original = torch.optim.LBFGS.zero_grad
+
+    def recording_zero_grad(self, *args, **kwargs):
+        calls.append(module.num_evals)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.LBFGS, "zero_grad", recording_zero_grad)
+    fit(module, 3, logdir=False, progress_bar=False, quiet=True)
+    assert module.num_steps == 3
+    assert module.num_evals > 3  # inner iterations: several evaluations per step
+    # zero_grad runs once per evaluation, right before it: inside the closure.
+    assert calls == list(range(module.num_evals))
+
+
+def test_the_loss_goes_down_and_backbone_gets_no_gradient(exemplar):
+    module = _module(exemplar)
+    with torch.no_grad():
+        before = float(module.compute_losses()["total"])
+    fit(module, 4, logdir=False, progress_bar=False, quiet=True)
+    after = float(module.compute_losses()["total"].detach())
+    assert after < 0.1 * before
+    assert module.loss_history == sorted(module.loss_history, reverse=True)
+    assert all(buffer.grad is None for buffer in module.backbone.buffers())
+
+
+def test_targets_are_computed_once(exemplar, monkeypatch):
+    module = _module(exemplar)
+    counts = {"n": 0}
+    original = GramLoss.set_target
+
+    def counting(self, *args, **kwargs):
+        counts["n"] += 1
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(GramLoss, "set_target", counting)
+    fit(module, 2, logdir=False, progress_bar=False, quiet=True)
+    fit(module, 2, logdir=False, progress_bar=False, quiet=True)
+    assert counts["n"] == 1
+
+
+def test_compute_losses_gives_weighted_terms_and_total(exemplar):
+    module = _module(exemplar, losses={"gram": 2.0, "spectrum": 0.5})
+    image = torch.rand(1, 3, 32, 32)
+    terms = module.compute_losses(image)
+    assert set(terms) == {"gram", "spectrum", "total"}
+    torch.testing.assert_close(terms["total"], terms["gram"] + terms["spectrum"])
+    loss = module.loss_terms["spectrum"]
+    torch.testing.assert_close(terms["spectrum"], 0.5 * loss(image, {}))
+    at_exemplar = module.compute_losses(exemplar[0])
+    assert float(at_exemplar["total"]) < 1e-6 * float(terms["total"])
+
+
+def test_loss_mapping_merges_over_preset_and_sequence_replaces(exemplar):
+    merged = _module(exemplar, losses={"spectrum": 0})
+    assert list(merged.loss_terms) == ["gram"]
+    replaced = _module(exemplar, losses=[SpectrumLoss(mode="luminance")])
+    assert list(replaced.loss_terms) == ["spectrum"]
+    with pytest.raises(InvalidArgumentError, match="no loss left"):
+        _module(exemplar, losses={"gram": 0, "spectrum": 0})
+
+
+def test_lbfgs_state_survives_between_fits_and_reset_starts_over(exemplar):
+    module = _module(exemplar, lbfgs={"max_iter": 3})
+    fit(module, 2, logdir=False, progress_bar=False, quiet=True)
+    optimizer = module._optimizer
+    iterations = optimizer.state[module.image]["n_iter"]
+    fit(module, 2, logdir=False, progress_bar=False, quiet=True)
+    assert module._optimizer is optimizer
+    assert optimizer.state[module.image]["n_iter"] > iterations
+    before = module.image.detach().clone()
+    module.reset_image()
+    assert module._optimizer is None
+    assert not torch.equal(before, module.image.detach())
+
+
+def test_same_seed_same_image_and_different_seed_differs(exemplar):
+    images = []
+    for seed in (3, 3, 4):
+        module = _module(exemplar, seed=seed)
+        fit(module, 2, logdir=False, progress_bar=False, quiet=True)
+        images.append(module.output())
+    assert torch.equal(images[0], images[1])
+    assert not torch.equal(images[0], images[2])
+
+
+def test_output_size_may_differ_from_the_exemplar(exemplar):
+    module = _module(exemplar, size=(24, 16), losses={"spectrum": 0})
+    fit(module, 1, logdir=False, progress_bar=False, quiet=True)
+    assert module.output().shape == (3, 24, 16)
+
+
+def test_too_small_image_reports_the_minimum_size():
+    with pytest.raises(InvalidArgumentError, match="at least 32 pixels"):
+        TextureSynthesis(torch.rand(3, 16, 16), backbone="vgg19", weights="random",
+                         losses=[GramLoss(layers=["pool5"])])
+
+
+def test_metrics_are_logged_per_term_and_event_file_holds_scalars_and_images(exemplar, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    module = _module(exemplar)
+    _, log_dir = fit(module, 3, logdir=tmp_path, progress_bar=False, quiet=True, log_images_every=2)
+    events = EventAccumulator(log_dir, size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    scalars = set(events.Tags()["scalars"])
+    assert {"loss/gram", "loss/spectrum", "loss/total", "evals"} <= scalars
+    assert len(events.Scalars("loss/total")) == 3
+    assert {"exemplar", "output"} <= set(events.Tags()["images"])
+    assert [e.step for e in events.Images("output")] == [0, 2, 3]
+    hparams = (tmp_path / "image" / "version_0" / "hparams.yaml").read_text()
+    assert "backbone: random_multiscale" in hparams and "seed: 0" in hparams
+
+
+def test_user_loss_registered_in_user_code_is_used_by_name(exemplar):
+    from texsynth.losses import LOSSES, register_loss
+
+    @register_loss("test_mean_colour")
+    class MeanColour(TextureLoss):
+        def set_target(self, exemplar, features, output_size):
+            self.register_buffer("target", exemplar.mean(dim=(2, 3)), persistent=False)
+
+        def forward(self, image, features):
+            return (image.mean(dim=(2, 3)) - self.target).pow(2).sum()
+
+    try:
+        module = _module(exemplar, losses={"test_mean_colour": 10.0})
+        assert "test_mean_colour" in module.loss_terms
+        fit(module, 2, logdir=False, progress_bar=False, quiet=True)
+        error = (module.output().mean(dim=(1, 2)) - exemplar[0].mean(dim=(1, 2))).abs().max()
+        assert error < 0.02
+    finally:
+        LOSSES.remove("test_mean_colour")
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"seed": -1}, "seed"),
+        ({"init": "zeros"}, "unknown init 'zeros'"),
+        ({"lbfgs": {"max_iter": 0}}, "max_iter"),
+        ({"lbfgs": {"momentum": 0.9}}, "momentum"),
+        ({"size": 0}, "size must be positive"),
+        ({"losses": {"gram": float("nan")}}, "finite"),
+        ({"losses": {"nope": 1.0}}, "unknown loss 'nope'"),
+        ({"backbone": "nope"}, "unknown backbone 'nope'"),
+    ],
+)
+def test_bad_options_fail_before_any_work(exemplar, kwargs, message):
+    with pytest.raises(InvalidArgumentError, match=message):
+        _module(exemplar, **kwargs)

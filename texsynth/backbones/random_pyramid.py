@@ -1,0 +1,128 @@
+"""A cheaper weight-free backbone: random filter banks on a Gaussian pyramid.
+
+The single random layer of Ustyuzhaninov et al. (ICLR 2017) reaches large receptive fields
+with 37x37 and 55x55 kernels, which cost 82% of its arithmetic. Applying small random banks
+to a blurred, subsampled pyramid of the image reaches similar receptive fields for a
+fraction of the cost: at full resolution 3x3, 7x7 and 11x11 banks; at each coarser level
+(5-tap binomial blur, stride 2) one 11x11 bank. Random weights are Glorot-uniform with zero
+bias from a fixed-seed CPU generator (the same network on every machine).
+
+Taps: ``level{i}`` (all ReLU maps of pyramid level ``i``, concatenated) and
+``level{i}_k{k}`` (one bank).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from texsynth.backbones.base import Backbone
+from texsynth.backbones.registry import register_backbone
+from texsynth.errors import InvalidArgumentError
+
+BINOMIAL_5 = (1.0, 4.0, 6.0, 4.0, 1.0)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+
+
+class Downsample(nn.Module):
+    """5-tap binomial blur and stride-2 subsampling, per channel (one pyramid level)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        taps = torch.tensor(BINOMIAL_5)
+        kernel = torch.outer(taps, taps) / taps.sum() ** 2
+        self.register_buffer("kernel", kernel.expand(3, 1, 5, 5).contiguous(), persistent=False)
+        self.padding_mode = "reflect"
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        padded = F.pad(image, (2, 2, 2, 2), mode=self.padding_mode)
+        return F.conv2d(padded, self.kernel.to(image.dtype), stride=2, groups=3)
+
+
+class RandomBanks(nn.Module):
+    """Several random convolution banks on one input, ReLU, concatenated along channels."""
+
+    def __init__(self, kernel_sizes: Sequence[int], filters: int, generator: torch.Generator) -> None:
+        super().__init__()
+        self.kernel_sizes = tuple(kernel_sizes)
+        for k in self.kernel_sizes:
+            conv = nn.Conv2d(3, filters, k, padding=k // 2)
+            bound = math.sqrt(6.0 / (3 * k * k + filters * k * k))
+            with torch.no_grad():
+                conv.weight.copy_(torch.rand(conv.weight.shape, generator=generator) * 2 * bound - bound)
+                conv.bias.zero_()
+            self.add_module(f"conv{k}", conv)
+            self.add_module(f"k{k}", nn.ReLU())
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        maps = [getattr(self, f"k{k}")(getattr(self, f"conv{k}")(image)) for k in self.kernel_sizes]
+        return maps[0] if len(maps) == 1 else torch.cat(maps, dim=1)
+
+
+class RandomPyramid(Backbone):
+    def __init__(
+        self,
+        levels: int = 3,
+        fine_kernel_sizes: Sequence[int] = (3, 7, 11),
+        coarse_kernel_size: int = 11,
+        filters: int | Sequence[int] = 128,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if levels < 1:
+            raise InvalidArgumentError(f"levels must be >= 1, got {levels}")
+        counts = [int(filters)] * levels if isinstance(filters, int) else [int(f) for f in filters]
+        if len(counts) != levels or min(counts) < 1:
+            raise InvalidArgumentError(f"filters must be one positive count or one per level, got {filters}")
+        generator = torch.Generator().manual_seed(seed)
+        self.levels = levels
+        for level in range(levels):
+            if level > 0:
+                self.add_module(f"down{level}", Downsample())
+            sizes = tuple(fine_kernel_sizes) if level == 0 else (coarse_kernel_size,)
+            self.add_module(f"level{level}", RandomBanks(sizes, counts[level], generator))
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.texture_layers = tuple(f"level{i}" for i in range(levels))
+        self.freeze()
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        current = (image - self.mean) * 255.0
+        output = None
+        for level in range(self.levels):
+            if level > 0:
+                current = getattr(self, f"down{level}")(current)
+            output = getattr(self, f"level{level}")(current)
+        return output
+
+    def min_size(self, layers: Sequence[str]) -> int:
+        deepest = max(int(name[5:].split(".")[0].split("_")[0]) for name in layers)
+        return 3 * 2**deepest  # reflect padding of the blur needs 3 pixels at the coarsest level
+
+    def set_circular_padding(self, enabled: bool = True) -> None:
+        super().set_circular_padding(enabled)
+        for module in self.modules():
+            if isinstance(module, Downsample):
+                module.padding_mode = "circular" if enabled else "reflect"
+
+    def prune(self, layers: Sequence[str]) -> None:
+        deepest = max(int(name[5:].split(".")[0].split("_")[0]) for name in layers)
+        for level in range(deepest + 1, self.levels):
+            delattr(self, f"level{level}")
+            delattr(self, f"down{level}")
+        self.levels = deepest + 1
+
+
+@register_backbone("random_pyramid")
+def random_pyramid(
+    levels: int = 3,
+    fine_kernel_sizes: Sequence[int] = (3, 7, 11),
+    coarse_kernel_size: int = 11,
+    filters: int | Sequence[int] = 128,
+    seed: int = 0,
+) -> RandomPyramid:
+    """Weight-free random filter banks on a Gaussian pyramid (cheap Ustyuzhaninov et al.)."""
+    return RandomPyramid(levels, fine_kernel_sizes, coarse_kernel_size, filters, seed)
