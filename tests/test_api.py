@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+
+from conftest import TINY_BACKBONE
+from texsynth import TextureSynthesisCNN, synthesize
+from texsynth.image_io import save_image
+
+
+def test_synthesize_one_call(exemplar):
+    result = synthesize(exemplar, steps=2, size=24, seed=1, **TINY_BACKBONE, losses={"spectrum": 0})
+    assert result.image.shape == (3, 24, 24)
+    assert 0 <= float(result.image.min()) and float(result.image.max()) <= 1
+    assert result.steps == 2 and result.evals >= 2 and result.seconds > 0
+    assert set(result.losses) == {"gram", "total"}
+
+
+def test_seed_compatible_class_end_to_end(exemplar, tmp_path):
+    path = tmp_path / "bricks_small.png"
+    save_image(exemplar, path)
+    synth = TextureSynthesisCNN(str(path), preset=None, progress_bar=False, seed=0, **TINY_BACKBONE)
+    first_noise = synth.output_image.clone()
+    assert synth.output_image.shape == (3, 32, 32)
+
+    synth.synthesize_texture(num_epochs=2)
+    assert len(synth.losses) == 2
+    after_first = synth.output_image.clone()
+    assert not torch.equal(after_first, first_noise)
+
+    synth.optimize(num_epochs=2)  # continues: history grows, L-BFGS state kept
+    assert len(synth.losses) == 4 and synth.losses[-1] <= synth.losses[1]
+
+    synth.synthesize_texture(num_epochs=1)  # new noise: starts over from a higher loss
+    assert synth.losses[-1] > synth.losses[3]
+
+    out_dir = tmp_path / "results" / "nested"
+    exemplar_png, synth_png = synth.save_textures(output_dir=out_dir)
+    assert exemplar_png == out_dir / "exemplar_bricks_small.png"
+    assert synth_png == out_dir / "synth_bricks_small.png"
+    for png in (exemplar_png, synth_png):
+        with Image.open(png) as image:
+            assert image.size == (32, 32) and image.mode == "RGB"
+
+
+def test_seed_compatible_class_defaults_to_the_reference_recipe(no_network, torch_home):
+    from texsynth.errors import WeightsUnavailableError
+
+    with pytest.raises(WeightsUnavailableError, match="ImageNet VGG19"):
+        TextureSynthesisCNN("cracks")

@@ -1,0 +1,122 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from PIL import Image
+
+from texsynth.cli import main
+from texsynth.image_io import save_image
+
+TINY = ["--backbone", "random_pyramid", "--no-progress"]
+
+
+@pytest.fixture
+def exemplar_png(tmp_path, exemplar):
+    path = tmp_path / "tex.png"
+    save_image(exemplar, path)
+    return path
+
+
+def test_synthesize_writes_png_json_and_tensorboard_events(exemplar_png, tmp_path, capsys):
+    out = tmp_path / "out" / "result.png"
+    logdir = tmp_path / "logs"
+    code = main(["synthesize", str(exemplar_png), "-o", str(out), "--steps", "2", "--size", "24",
+                 "--max-iter", "3", "--backbone", "random_pyramid", "--seed", "5", "--logdir", str(logdir),
+                 "--json"])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["output"] == str(out) and summary["steps"] == 2 and summary["evals"] >= 2
+    assert summary["seconds"] > 0 and summary["backbone"] == "random_pyramid" and summary["seed"] == 5
+    assert set(summary["loss"]) == {"gram", "spectrum", "total"}
+    with Image.open(out) as image:
+        assert image.size == (24, 24)
+    assert list(logdir.rglob("events.out.tfevents.*"))
+
+
+def test_user_plugin_via_import_is_used_by_name(exemplar_png, tmp_path, monkeypatch, capsys):
+    plugin = tmp_path / "my_plugin_losses.py"
+    plugin.write_text(textwrap.dedent("""
+        from texsynth.losses import TextureLoss, register_loss
+
+        @register_loss("brightness")
+        class Brightness(TextureLoss):
+            def set_target(self, exemplar, features, output_size):
+                self.register_buffer("target", exemplar.mean(), persistent=False)
+
+            def forward(self, image, features):
+                return (image.mean() - self.target) ** 2
+    """))
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "plugged.png"
+    code = main(["synthesize", str(exemplar_png), "-o", str(out), "--steps", "1", "--max-iter", "2",
+                 "--import", "my_plugin_losses", "--loss", "brightness=5", "--json", "--no-log", *TINY])
+    assert code == 0, capsys.readouterr().err
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(summary["loss"]) == {"gram", "spectrum", "brightness", "total"}
+    from texsynth.losses import LOSSES
+
+    LOSSES.remove("brightness")
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["missing.png"], "missing.png: no such file"),
+        (["{ex}", "--steps", "0"], "--steps must be a positive integer"),
+        (["{ex}", "--size", "-4"], "size must be"),
+        (["{ex}", "--size", "abc"], "size must be N or WIDTHxHEIGHT"),
+        (["{ex}", "--loss", "gram"], "expected NAME=WEIGHT"),
+        (["{ex}", "--loss", "gram=nan"], "finite"),
+        (["{ex}", "--loss", "nope=1"], "unknown loss 'nope'"),
+        (["{ex}", "--backbone", "nope"], "unknown backbone 'nope'"),
+        (["{ex}", "--preset", "nope"], "unknown preset 'nope'"),
+        (["{ex}", "--import", "no_such_module_xyz"], "--import no_such_module_xyz"),
+        (["{empty}"], "file is empty"),
+        (["{text}"], "not an image"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(args, fragment, exemplar_png, tmp_path, capsys):
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    text = tmp_path / "notes.png"
+    text.write_text("this is not an image")
+    out = tmp_path / "never.png"
+    argv = [a.format(ex=exemplar_png, empty=empty, text=text) for a in args]
+    code = main(["synthesize", *TINY, "--steps", "1", "--max-iter", "2", *argv, "-o", str(out), "--no-log"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert fragment in err and len(err.splitlines()) == 1
+    assert not out.exists()
+
+
+def test_refuses_to_overwrite_the_exemplar(exemplar_png, capsys):
+    before = exemplar_png.read_bytes()
+    assert main(["synthesize", str(exemplar_png), "-o", str(exemplar_png), "--no-log", *TINY]) == 2
+    assert "exemplar itself" in capsys.readouterr().err
+    assert exemplar_png.read_bytes() == before
+
+
+def test_console_entry_point_reports_errors_without_traceback(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "texsynth", "synthesize", str(tmp_path / "nope.png"), "-o", str(tmp_path / "o.png")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"texsynth: error: {tmp_path / 'nope.png'}: no such file (bundled examples: bricks, cells, cracks, weave)"
+    ]
+
+
+def test_list_and_example_commands(tmp_path, capsys):
+    assert main(["list"]) == 0
+    listing = capsys.readouterr().out
+    assert "gram" in listing and "vgg19" in listing and "liu2016" in listing and "cracks" in listing
+    out = tmp_path / "weave.png"
+    assert main(["example", "weave", "-o", str(out), "--size", "64"]) == 0
+    with Image.open(out) as image:
+        assert image.size == (64, 64)
