@@ -19,6 +19,7 @@ from texsynth.errors import InvalidArgumentError, TexsynthError
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+DEFAULT_STEPS = 8
 
 
 class _Parser(argparse.ArgumentParser):
@@ -36,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-o", "--output", required=True, help="output image path (PNG)")
     run.add_argument("--size", help="output size: N or WIDTHxHEIGHT (default: the exemplar's)")
     run.add_argument("--exemplar-size", help="centre-crop and resize the exemplar first: N or WxH")
-    run.add_argument("--steps", type=int, default=20, help="L-BFGS steps (each up to max-iter evaluations)")
+    run.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="L-BFGS steps (each up to max-iter evaluations)")
     run.add_argument("--max-iter", type=int, help="L-BFGS evaluations per step (default 20)")
     run.add_argument("--backbone", help="backbone name (default: vgg19 if its weights are cached, else weight-free)")
     run.add_argument("--weights", help="backbone weights: 'imagenet', 'random' or a state-dict path")

@@ -99,9 +99,10 @@ VGG19_DEFAULT = register_preset(
         ),
         backbone="vgg19",
         backbone_options={"weights": "imagenet", "pooling": "avg"},
+        lbfgs={**LBFGS_DEFAULTS, "line_search_fn": "strong_wolfe"},
         losses={
-            "gram": {"layer_weights": 1e6, "normalization": "chw", "weight": 1.0},
-            "spectrum": {"mode": "color", "weight": 1.0},
+            "gram": {"relative": True, "weight": 1.0},
+            "spectrum": {"mode": "color", "reduction": "mean", "weight": 1.0},
         },
     )
 )
@@ -110,14 +111,32 @@ RANDOM_MULTISCALE = register_preset(
     Preset(
         name="random_multiscale",
         description=(
-            "weight-free: one layer of random filters at several kernel sizes "
-            "(Ustyuzhaninov et al. 2017), per-scale Gram + colour spectrum constraint"
+            "weight-free (Ustyuzhaninov et al. 2017, as in the paper): one layer of random "
+            "filters with kernels 3-55, 128 each; per-scale relative Gram + colour spectrum; "
+            "slow (large kernels)"
         ),
         backbone="random_multiscale",
-        backbone_options={},
         losses={
-            "gram": {"layer_weights": 1e-3, "normalization": "chw", "weight": 1.0},
-            "spectrum": {"mode": "color", "weight": 1.0},
+            "gram": {"relative": True, "weight": 1.0},
+            "spectrum": {"mode": "color", "reduction": "mean", "weight": 1.0},
         },
+        lbfgs={**LBFGS_DEFAULTS, "line_search_fn": "strong_wolfe"},
+    )
+)
+
+WEIGHT_FREE = register_preset(
+    Preset(
+        name="weight_free",
+        description=(
+            "the offline default: random filter banks on a Gaussian pyramid (3x3, 7x7, 11x11 "
+            "at full size, 11x11 at 1/2 and 1/4; 128 filters each), relative Gram per level + "
+            "colour spectrum constraint (Liu et al. 2016), L-BFGS with strong-Wolfe line search"
+        ),
+        backbone="random_pyramid",
+        losses={
+            "gram": {"relative": True, "weight": 1.0},
+            "spectrum": {"mode": "color", "reduction": "mean", "weight": 1.0},
+        },
+        lbfgs={**LBFGS_DEFAULTS, "line_search_fn": "strong_wolfe"},
     )
 )

@@ -16,7 +16,7 @@ from texsynth.backbones.base import freeze_module
 from texsynth.backbones.vgg import imagenet_weights_cached, imagenet_weights_path
 from texsynth.errors import InvalidArgumentError
 from texsynth.losses import LOSSES, TextureLoss, check_weight, create_loss
-from texsynth.presets import PRESETS, Preset, get_preset
+from texsynth.presets import LBFGS_DEFAULTS, PRESETS, Preset, get_preset
 
 LossSpec = Union[
     None,
@@ -43,10 +43,10 @@ def default_preset_name() -> str:
         log.info("backbone: vgg19 (ImageNet weights found in %s)", imagenet_weights_path().parent)
         return "vgg19"
     log.info(
-        "backbone: random_multiscale (weight-free); for VGG19 run `texsynth download-weights` "
-        "or pass --weights PATH"
+        "backbone: random_pyramid (weight-free preset 'weight_free'); for VGG19 run "
+        "`texsynth download-weights` or pass --weights PATH"
     )
-    return "random_multiscale"
+    return "weight_free"
 
 
 def resolve_recipe(
@@ -71,14 +71,20 @@ def _resolve_preset(preset: str | Preset | None, backbone: str | nn.Module | Non
         return get_preset(preset)
     if backbone is None:
         return get_preset(default_preset_name())
-    if isinstance(backbone, str) and backbone in PRESETS:
-        return get_preset(backbone)
+    if isinstance(backbone, str):
+        for candidate in PRESETS.names():  # the first preset built on this backbone
+            if get_preset(candidate).backbone == backbone and candidate != "liu2016":
+                return get_preset(candidate)
     name = backbone if isinstance(backbone, str) else type(backbone).__name__
     return Preset(
         name=f"{name}-default",
         description=f"Gram + colour spectrum on {name}'s texture layers",
         backbone=name,
-        losses={"gram": {"weight": 1.0}, "spectrum": {"mode": "color", "weight": 1.0}},
+        losses={
+            "gram": {"relative": True, "weight": 1.0},
+            "spectrum": {"mode": "color", "reduction": "mean", "weight": 1.0},
+        },
+        lbfgs={**LBFGS_DEFAULTS, "line_search_fn": "strong_wolfe"},
     )
 
 
@@ -154,7 +160,7 @@ def _from_item(item: Any) -> tuple[str, TextureLoss]:
         return getattr(item, "name", None) or _snake(type(item).__name__), item
     if isinstance(item, str):
         return item, _create(item, {})
-    if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str):
+    if isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], str):
         name, value = item
         options = dict(value) if isinstance(value, Mapping) else {"weight": value}
         return name, _create(name, options)

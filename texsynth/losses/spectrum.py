@@ -85,12 +85,19 @@ class SpectrumLoss(TextureLoss):
         mode: ``"color"`` (the paper: shared phase across RGB) or ``"luminance"`` (the
             reference implementation).
         eps: regularizer of the phase normalization.
+        reduction: ``"sum"`` over pixels (the paper and reference) or ``"mean"`` (a value
+            independent of the image size, so one weight serves every size).
     """
 
     layers = ()
 
-    def __init__(self, mode: str = "color", eps: float = 1e-11, weight: float = 1.0) -> None:
+    def __init__(
+        self, mode: str = "color", eps: float = 1e-11, reduction: str = "sum", weight: float = 1.0
+    ) -> None:
         super().__init__(weight)
+        if reduction not in ("sum", "mean"):
+            raise InvalidArgumentError(f"spectrum reduction must be 'sum' or 'mean', got {reduction!r}")
+        self.reduction = reduction
         if mode not in SPECTRUM_MODES:
             raise InvalidArgumentError(
                 f"spectrum mode must be one of {', '.join(SPECTRUM_MODES)}, got {mode!r}"
@@ -106,4 +113,5 @@ class SpectrumLoss(TextureLoss):
         with torch.no_grad():
             projection = spectrum_projection(signal, self.target, self.eps)
         signal = at_least_float32(signal)
-        return 0.5 * (signal - projection.to(signal.dtype)).pow(2).sum()
+        squared = 0.5 * (signal - projection.to(signal.dtype)).pow(2)
+        return squared.sum() if self.reduction == "sum" else squared.sum() / signal[0].numel()

@@ -1,0 +1,88 @@
+"""Sanity of the texture metrics on procedural textures (no external data)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from texsynth.examples import load_example
+from texsynth.init import random_phase_noise
+from texsynth.metrics import (
+    ColorDistance,
+    CopyScore,
+    LBPDistance,
+    PatchSlicedWasserstein,
+    SpectrumDistance,
+    color_distance,
+    copy_score,
+    lbp_distance,
+    patch_swd,
+    spectrum_distance,
+    texture_metrics,
+)
+
+DISTANCES = [patch_swd, spectrum_distance, lbp_distance, color_distance]
+
+
+@pytest.fixture(scope="module")
+def images():
+    exemplar = load_example("cracks", size=96)
+    new_sample = load_example("cracks", size=96, seed=1)  # the same texture process, new layout
+    generator = torch.Generator().manual_seed(0)
+    phase_noise = random_phase_noise(exemplar, (1, 3, 96, 96), generator).clamp(0, 1)
+    white = torch.rand((1, 3, 96, 96), generator=generator)
+    return {"exemplar": exemplar, "sample": new_sample, "phase_noise": phase_noise, "white": white}
+
+
+@pytest.mark.parametrize("distance", DISTANCES, ids=lambda f: f.__name__)
+def test_exemplar_against_itself_is_near_zero_and_white_noise_is_far(distance, images):
+    own = float(distance(images["exemplar"], images["exemplar"]))
+    white = float(distance(images["white"], images["exemplar"]))
+    sample = float(distance(images["sample"], images["exemplar"]))
+    assert own < 0.25 * sample < 0.25 * white
+
+
+def test_local_structure_separates_a_real_sample_from_random_phase_noise(images):
+    """Random-phase noise has the right spectrum and colours but no cracks: LBP sees it."""
+    sample = float(lbp_distance(images["sample"], images["exemplar"]))
+    phase = float(lbp_distance(images["phase_noise"], images["exemplar"]))
+    assert sample < 0.7 * phase
+
+
+def test_copy_score_flags_shifted_copies_not_new_samples(images):
+    exemplar = images["exemplar"]
+    shifted = torch.roll(exemplar, (17, 40), dims=(2, 3))[..., 10:90, 5:85]
+    assert float(copy_score(exemplar, exemplar)) == pytest.approx(1.0, abs=1e-4)
+    assert float(copy_score(shifted, exemplar)) > 0.95
+    assert float(copy_score(images["sample"], exemplar)) < 0.6
+    assert float(copy_score(images["white"], exemplar)) < 0.35
+
+
+def test_metrics_accept_outputs_of_another_size(images):
+    large = load_example("cracks", size=128, seed=2)
+    values = texture_metrics(large, images["exemplar"])
+    assert set(values) == {"swd", "spectrum", "lbp", "color", "copy"}
+    assert all(v == v and v >= -1 for v in values.values())
+
+
+@pytest.mark.parametrize(
+    "metric, function",
+    [(PatchSlicedWasserstein, patch_swd), (SpectrumDistance, spectrum_distance), (LBPDistance, lbp_distance),
+     (ColorDistance, color_distance), (CopyScore, copy_score)],
+)
+def test_metric_classes_average_the_functional_form(metric, function, images):
+    batch = torch.cat([images["sample"], images["phase_noise"]])
+    instance = metric()
+    instance.update(batch, images["exemplar"])  # one exemplar for the whole batch
+    expected = (function(batch[0], images["exemplar"]) + function(batch[1], images["exemplar"])) / 2
+    torch.testing.assert_close(instance.compute(), expected.float(), rtol=1e-5, atol=1e-6)
+    instance.reset()
+    instance.update(images["sample"], images["exemplar"])
+    torch.testing.assert_close(instance.compute(), function(images["sample"], images["exemplar"]).float())
+
+
+def test_bad_metric_input_is_named():
+    from texsynth.errors import InvalidArgumentError
+
+    with pytest.raises(InvalidArgumentError, match="`preds`"):
+        lbp_distance(torch.rand(2, 3, 8, 8), torch.rand(1, 3, 8, 8))
