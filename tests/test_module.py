@@ -185,3 +185,26 @@ def test_user_loss_registered_in_user_code_is_used_by_name(exemplar):
 def test_bad_options_fail_before_any_work(exemplar, kwargs, message):
     with pytest.raises(InvalidArgumentError, match=message):
         _module(exemplar, **kwargs)
+
+
+def test_divergence_restores_the_last_good_image_and_stops(exemplar):
+    class Poison(TextureLoss):
+        """Finite for the first evaluations, then NaN (a misbehaving custom loss)."""
+
+        calls = 0
+
+        def set_target(self, exemplar, features, output_size):
+            pass
+
+        def forward(self, image, features):
+            type(self).calls += 1
+            value = image.mean() * 0.0
+            return value + float("nan") if type(self).calls > 7 else value
+
+    module = _module(exemplar, losses=[GramLoss(), Poison()], lbfgs={"max_iter": 3})
+    fit(module, 6, logdir=False, progress_bar=False, quiet=True)
+    assert module.diverged
+    assert module.num_steps == 2  # steps 1-2 were good; step 3 hit the NaN
+    assert torch.isfinite(module.image).all()
+    torch.testing.assert_close(module.image.detach(), module._last_good_image)
+    assert len(module.loss_history) == 2

@@ -129,6 +129,7 @@ def _synthesize(args: argparse.Namespace) -> int:
         "seed": module.seed,
         "size": [module.output_size[1], module.output_size[0]],
         "log_dir": result.log_dir,
+        "diverged": module.diverged,
     }
     if args.json:
         print(json.dumps(summary))

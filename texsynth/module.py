@@ -21,6 +21,7 @@ import lightning as L
 import torch
 from torch import nn
 
+from texsynth._logging import log
 from texsynth.backbones import Backbone
 from texsynth.errors import InvalidArgumentError
 from texsynth.features import FeatureExtractor
@@ -111,6 +112,8 @@ class TextureSynthesis(L.LightningModule):
         self._targets_device: torch.device | None = None
         self.num_evals = 0
         self.num_steps = 0
+        self.diverged = False
+        self.register_buffer("_last_good_image", self.image.detach().clone(), persistent=False)
         self.loss_history: list[float] = []
         self.last_losses: dict[str, torch.Tensor] = {}
         self.save_hyperparameters(self.describe(), logger=True)
@@ -141,6 +144,20 @@ class TextureSynthesis(L.LightningModule):
         with torch.no_grad():
             self.image.copy_(self._new_image().to(self.image.device))
         self._optimizer = None
+        self.diverged = False
+
+    def _recover_from_divergence(self, total: float) -> None:
+        """A NaN/Inf loss or image: put the last good image back and stop the run."""
+        with torch.no_grad():
+            self.image.copy_(self._last_good_image)
+        self._optimizer = None  # its curvature history is poisoned
+        self.diverged = True
+        self.trainer.should_stop = True
+        log.warning(
+            "optimization diverged at step %d (loss %s); stopped and restored the image of "
+            "step %d. Lower the loss weights or the L-BFGS lr, or check custom losses.",
+            self.num_steps + 1, total, self.num_steps,
+        )
 
     def output(self) -> torch.Tensor:
         """The current result as a ``(3, H, W)`` tensor clipped to [0, 1], on the CPU."""
@@ -191,25 +208,47 @@ class TextureSynthesis(L.LightningModule):
         self._ensure_targets()
 
     def training_step(self, batch: Any, batch_idx: int) -> None:
+        if self.diverged:  # a diverged run stops; a later fit must call reset_image()
+            self.trainer.should_stop = True
+            return
         optimizer = self.optimizers()
+        self._last_good_image.copy_(self.image.detach())
 
         def closure() -> torch.Tensor:
             optimizer.zero_grad()
             terms = self.compute_losses()
-            self.manual_backward(terms["total"])
             self.num_evals += 1
+            self.manual_backward(terms["total"])
+            # L-BFGS reads the loss on the host right after the closure anyway.
+            if not torch.isfinite(terms["total"]):
+                raise _Diverged(float(terms["total"].detach()))
             self.last_losses = {name: value.detach() for name, value in terms.items()}
             return terms["total"]
 
-        optimizer.step(closure=closure)
-        self.num_steps += 1
+        try:
+            optimizer.step(closure=closure)
+        except _Diverged as diverged:
+            self._recover_from_divergence(diverged.value)
+            return
         total = float(self.last_losses["total"])
+        if not bool(torch.isfinite(self.image).all()):
+            self._recover_from_divergence(total)
+            return
+        self.num_steps += 1
         self.loss_history.append(total)
         for name, value in self.last_losses.items():
             self.log(f"loss/{name}", value, on_step=True, on_epoch=False)
         self.log("loss", total, on_step=True, on_epoch=False, prog_bar=True, logger=False)
         self.log("evals", float(self.num_evals), on_step=True, on_epoch=False)
 
+
+
+class _Diverged(Exception):
+    """Raised inside the L-BFGS closure on a NaN/Inf loss, to leave the step at once."""
+
+    def __init__(self, value: float) -> None:
+        super().__init__(value)
+        self.value = value
 
 
 def _check_min_size(minimum: int, size: Any, what: str) -> None:
