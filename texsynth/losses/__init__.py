@@ -17,14 +17,31 @@ from texsynth.losses.base import TextureLoss, check_weight
 from texsynth.losses.registry import LOSSES, create_loss, list_losses, register_loss
 
 # Built-ins register themselves on import.
-from texsynth.losses import gram, spectrum  # noqa: E402,F401  isort: skip
+from texsynth.losses import (  # noqa: E402,F401  isort: skip
+    gram,
+    histogram,
+    mean_covariance,
+    sliced_wasserstein,
+    spectrum,
+    total_variation,
+)
 from texsynth.losses.gram import GramLoss, gram_matrix  # noqa: E402
+from texsynth.losses.histogram import HistogramLoss  # noqa: E402
+from texsynth.losses.layered import LayeredLoss  # noqa: E402
+from texsynth.losses.mean_covariance import MeanCovarianceLoss  # noqa: E402
+from texsynth.losses.sliced_wasserstein import SlicedWassersteinLoss  # noqa: E402
 from texsynth.losses.spectrum import SpectrumLoss, luminance, spectrum_projection  # noqa: E402
+from texsynth.losses.total_variation import TotalVariationLoss, total_variation  # noqa: E402
 
 __all__ = [
     "LOSSES",
     "GramLoss",
+    "HistogramLoss",
+    "LayeredLoss",
+    "MeanCovarianceLoss",
+    "SlicedWassersteinLoss",
     "SpectrumLoss",
+    "TotalVariationLoss",
     "TextureLoss",
     "check_weight",
     "create_loss",
@@ -33,4 +50,5 @@ __all__ = [
     "luminance",
     "register_loss",
     "spectrum_projection",
+    "total_variation",
 ]

@@ -10,9 +10,9 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from texsynth.backbones.base import Backbone
 from texsynth.errors import InvalidArgumentError
-from texsynth.losses.base import Features, TextureLoss, at_least_float32
+from texsynth.losses.base import at_least_float32
+from texsynth.losses.layered import LayeredLoss
 from texsynth.losses.registry import register_loss
 
 #: divisor of F Fᵀ for each normalization choice, as a function of (C, H, W).
@@ -45,7 +45,7 @@ def gram_matrix(features: torch.Tensor, normalization: str = "chw") -> torch.Ten
 
 
 @register_loss("gram")
-class GramLoss(TextureLoss):
+class GramLoss(LayeredLoss):
     """Σ_l w_l ‖G_l(output) − G_l(exemplar)‖², summed over the batch.
 
     Args:
@@ -64,60 +64,16 @@ class GramLoss(TextureLoss):
         relative: bool = False,
         weight: float = 1.0,
     ) -> None:
-        super().__init__(weight)
-        self.relative = bool(relative)
         if normalization not in GRAM_NORMALIZATIONS:
             raise InvalidArgumentError(
                 f"gram normalization must be one of {', '.join(GRAM_NORMALIZATIONS)}, "
                 f"got {normalization!r}"
             )
+        super().__init__(layers, layer_weights, relative, weight)
         self.normalization = normalization
-        self._requested_layers = tuple(layers) if layers is not None else None
-        self._layer_weights = layer_weights
-        self.layers = self._requested_layers or ()
-        self.layer_weights: dict[str, float] = {}
-        if self._requested_layers is not None:
-            self._resolve_weights()
 
-    def bind(self, backbone: Backbone | None) -> None:
-        if self._requested_layers is None:
-            if backbone is None or not backbone.texture_layers:
-                raise InvalidArgumentError("gram loss needs layers: the backbone names no default")
-            self.layers = tuple(backbone.texture_layers)
-            self._resolve_weights()
+    def layer_target(self, name: str, features: torch.Tensor) -> torch.Tensor:
+        return gram_matrix(features, self.normalization)
 
-    def _resolve_weights(self) -> None:
-        weights = self._layer_weights
-        if isinstance(weights, Mapping):
-            unknown = set(weights) - set(self.layers)
-            if unknown:
-                raise InvalidArgumentError(f"gram layer_weights name unused layers {sorted(unknown)}")
-            values = [float(weights.get(name, 1.0)) for name in self.layers]
-        elif isinstance(weights, Sequence) and not isinstance(weights, str):
-            if len(weights) != len(self.layers):
-                raise InvalidArgumentError(
-                    f"gram layer_weights has {len(weights)} values for {len(self.layers)} layers"
-                )
-            values = [float(w) for w in weights]
-        else:
-            values = [float(weights)] * len(self.layers)
-        self.layer_weights = dict(zip(self.layers, values))
-
-    def set_target(self, exemplar: torch.Tensor, features: Features, output_size: tuple[int, int]) -> None:
-        self.layer_scales: dict[str, float] = {}
-        for name in self.layers:
-            target = gram_matrix(features[name], self.normalization)
-            self.register_buffer(_buffer_name(name), target, persistent=False)
-            scale = 1.0 / max(float(target.pow(2).sum()), 1e-30) if self.relative else 1.0
-            self.layer_scales[name] = self.layer_weights[name] * scale
-
-    def forward(self, image: torch.Tensor, features: Features) -> torch.Tensor:
-        total = torch.zeros((), device=image.device)
-        for name in self.layers:
-            difference = gram_matrix(features[name], self.normalization) - getattr(self, _buffer_name(name))
-            total = total + self.layer_scales[name] * difference.pow(2).sum()
-        return total
-
-
-def _buffer_name(layer: str) -> str:
-    return "target_" + layer.replace(".", "__")
+    def layer_loss(self, name: str, features: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return (gram_matrix(features, self.normalization) - target).pow(2).sum()

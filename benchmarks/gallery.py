@@ -1,0 +1,55 @@
+"""The README gallery: every bundled exemplar next to a texture synthesized from it.
+
+    python benchmarks/gallery.py                      # docs/gallery.png, default recipe, 256x256
+    python benchmarks/gallery.py --preset vgg19       # with ImageNet weights, if you have them
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+import texsynth
+from texsynth.cli import DEFAULT_STEPS
+from texsynth.image_io import to_pil
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default=None, help="default: texsynth's default choice")
+    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", type=Path, default=ROOT / "docs" / "gallery.png")
+    args = parser.parse_args()
+
+    pairs = []
+    for name in texsynth.list_examples():
+        start = time.perf_counter()
+        result = texsynth.synthesize(name, steps=args.steps, preset=args.preset, seed=args.seed)
+        print(f"{name}: {time.perf_counter() - start:.0f} s, {result.evals} evaluations, "
+              f"loss {result.losses['total']:.4g}", flush=True)
+        pairs.append((name, result.module.exemplar[0], result.image))
+
+    tile, gap, label = 256, 6, 18
+    columns = 2
+    rows = (len(pairs) + columns - 1) // columns
+    sheet = Image.new("RGB", (columns * (2 * tile + 3 * gap), rows * (tile + label + gap)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for index, (name, exemplar, output) in enumerate(pairs):
+        x = (index % columns) * (2 * tile + 3 * gap)
+        y = (index // columns) * (tile + label + gap)
+        draw.text((x + 2, y + 2), f"{name}: exemplar | synthesized", fill="black")
+        sheet.paste(to_pil(exemplar.clamp(0, 1)), (x, y + label))
+        sheet.paste(to_pil(output), (x + tile + gap, y + label))
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(args.output)
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""The math of the sliced Wasserstein, mean/covariance, histogram and total variation losses."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from texsynth.losses import (
+    HistogramLoss,
+    MeanCovarianceLoss,
+    SlicedWassersteinLoss,
+    TotalVariationLoss,
+    total_variation,
+)
+from texsynth.losses.histogram import histogram_match
+from texsynth.losses.mean_covariance import mean_and_covariance, psd_sqrt
+from texsynth.losses.sliced_wasserstein import sliced_wasserstein
+
+
+def _permute_pixels(features: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    b, c, h, w = features.shape
+    order = torch.randperm(h * w, generator=torch.Generator().manual_seed(seed))
+    return features.flatten(2)[..., order].view(b, c, h, w)
+
+
+def _bound(loss, target: torch.Tensor):
+    loss.set_target(None, {"f": target}, target.shape[-2:])
+    return loss
+
+
+def test_sliced_wasserstein_is_invariant_to_pixel_permutations():
+    torch.manual_seed(0)
+    target, features = torch.randn(1, 5, 6, 6), 2 * torch.randn(1, 5, 6, 6) + 1
+    directions = torch.nn.functional.normalize(torch.randn(5, 7), dim=0)
+    value = sliced_wasserstein(features, target, directions)
+    torch.testing.assert_close(value, sliced_wasserstein(_permute_pixels(features), target, directions))
+    assert float(sliced_wasserstein(_permute_pixels(target, 3), target, directions)) < 1e-10
+    assert float(value) > 0.1
+
+
+def test_sliced_wasserstein_in_one_dimension_is_the_sorted_difference():
+    target = torch.tensor([3.0, 1.0, 2.0, 0.0]).view(1, 1, 2, 2)
+    features = torch.tensor([0.5, 2.5, 1.5, 4.5]).view(1, 1, 2, 2)
+    expected = ((torch.tensor([0.5, 1.5, 2.5, 4.5]) - torch.tensor([0.0, 1.0, 2.0, 3.0])) ** 2).mean()
+    torch.testing.assert_close(sliced_wasserstein(features, target, torch.ones(1, 1)), expected)
+
+
+def test_sliced_wasserstein_loss_reproducible_and_handles_other_sizes():
+    target = torch.randn(1, 4, 8, 8)
+    larger = torch.randn(1, 4, 12, 10)
+    values = [float(_bound(SlicedWassersteinLoss(layers=["f"], seed=3), target)(larger, {"f": larger}))
+              for _ in range(2)]
+    assert values[0] == values[1] and values[0] > 0
+    fixed = _bound(SlicedWassersteinLoss(layers=["f"], resample=False), target)
+    assert float(fixed(larger, {"f": larger})) == float(fixed(larger, {"f": larger}))
+
+
+def test_mean_covariance_matches_the_closed_form_in_one_dimension():
+    target = torch.randn(1, 1, 5, 5, dtype=torch.float64) * 2 + 1
+    features = torch.randn(1, 1, 5, 5, dtype=torch.float64) * 0.5 - 1
+    loss = _bound(MeanCovarianceLoss(layers=["f"]), target)
+    value = loss(features, {"f": features})
+
+    def stats(x):
+        mean = x.mean()
+        return mean, ((x - mean).pow(2).mean() + 1e-4).sqrt()
+
+    (m1, s1), (m2, s2) = stats(features), stats(target)
+    torch.testing.assert_close(value.double(), (m1 - m2) ** 2 + (s1 - s2) ** 2)
+
+
+def test_mean_covariance_is_permutation_invariant_and_sees_the_mean():
+    target = torch.rand(1, 3, 6, 6)
+    loss = _bound(MeanCovarianceLoss(layers=["f"]), target)
+    assert float(loss(_permute_pixels(target), {"f": _permute_pixels(target)})) < 1e-6
+    shifted = target + 0.5
+    assert float(loss(shifted, {"f": shifted})) == pytest.approx(0.25, rel=1e-3)  # mean term only
+
+
+def test_psd_sqrt_squares_back():
+    a = torch.randn(4, 4, dtype=torch.float64)
+    spd = a @ a.t() + torch.eye(4, dtype=torch.float64)
+    root = psd_sqrt(spd)
+    torch.testing.assert_close(root @ root, spd)
+    _, covariance = mean_and_covariance(torch.randn(1, 3, 4, 4))
+    assert torch.linalg.eigvalsh(covariance).min() >= 1e-4 * 0.99
+
+
+def test_histogram_match_gives_exactly_the_target_values_in_the_current_order():
+    target = torch.randn(1, 2, 4, 4)
+    features = torch.randn(1, 2, 4, 4)
+    sorted_target = torch.sort(target.flatten(2), dim=-1).values
+    matched = histogram_match(features, sorted_target)
+    torch.testing.assert_close(torch.sort(matched.flatten(2), dim=-1).values, sorted_target)
+    # order preserved: the largest current value gets the largest target value
+    assert torch.equal(torch.argsort(matched.flatten(2)), torch.argsort(features.flatten(2)))
+
+
+def test_histogram_loss_zero_for_any_permutation_of_the_exemplar():
+    target = torch.rand(1, 3, 5, 5)
+    loss = _bound(HistogramLoss(layers=["f"]), target)
+    permuted = _permute_pixels(target)
+    assert float(loss(permuted, {"f": permuted})) < 1e-10
+    other = torch.rand(1, 3, 5, 5) * 2
+    assert float(loss(other, {"f": other})) > 0.01
+
+
+def test_total_variation_values():
+    flat = torch.full((2, 3, 6, 6), 0.3)
+    assert torch.equal(total_variation(flat), torch.zeros(2))
+    stripes = torch.zeros(1, 1, 2, 4)
+    stripes[..., ::2] = 1.0  # every horizontal neighbour differs by 1
+    assert float(total_variation(stripes)) == pytest.approx(1.0)
+    regularizer = TotalVariationLoss(target=None)
+    regularizer.set_target(flat[:1], {}, (6, 6))
+    noisy = torch.rand(1, 3, 6, 6)
+    assert float(regularizer(noisy, {})) > float(regularizer(flat[:1], {}))
