@@ -23,7 +23,7 @@ _LIGHTNING_LOGGERS = ("lightning.pytorch", "lightning.fabric", "lightning")
 class SynthesisResult:
     """What a run produced: the image, the final losses and what it cost."""
 
-    image: torch.Tensor  # (3, H, W) in [0, 1], CPU
+    image: torch.Tensor  # (3, H, W) in [0, 1], CPU: the first variation
     losses: dict[str, float]
     steps: int
     evals: int
@@ -31,8 +31,19 @@ class SynthesisResult:
     module: TextureSynthesis = field(repr=False)
     log_dir: str | None = None
 
-    def save(self, path: str | os.PathLike) -> Path:
-        return save_image(self.image, path)
+    @property
+    def images(self) -> torch.Tensor:
+        """All variations, ``(variations, 3, H, W)``."""
+        return self.module.outputs()
+
+    def save(self, path: str | os.PathLike) -> list[Path]:
+        """Save the result; several variations go to ``stem_0.png`` … ``stem_{K-1}.png``."""
+        path = Path(path)
+        images = self.images
+        if images.shape[0] == 1:
+            return [save_image(images[0], path)]
+        return [save_image(image, path.with_name(f"{path.stem}_{index}{path.suffix}"))
+                for index, image in enumerate(images)]
 
 
 @contextmanager

@@ -23,7 +23,7 @@ class TensorBoardImages(L.Callback):
         writer = self._writer(trainer)
         if writer is not None and trainer.is_global_zero:
             writer.add_image("exemplar", pl_module.exemplar[0].clamp(0, 1).cpu(), 0)
-            writer.add_image("output", pl_module.output(), trainer.global_step)
+            writer.add_images("output", pl_module.outputs(), trainer.global_step)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
         step = trainer.global_step
@@ -31,6 +31,6 @@ class TensorBoardImages(L.Callback):
         if step % self.every_n_steps == 0 or last:
             writer = self._writer(trainer)
             if writer is not None and trainer.is_global_zero:
-                writer.add_image("output", pl_module.output(), step)
+                writer.add_images("output", pl_module.outputs(), step)
 
 

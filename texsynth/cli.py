@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--preset", help="named recipe, e.g. liu2016 (see `texsynth list`)")
     run.add_argument("--init", help="starting image: sigmoid, uniform, gaussian, random_phase")
     run.add_argument("--seed", type=int, help="random seed (default: drawn and reported)")
+    run.add_argument("--variations", type=int, default=1,
+                     help="synthesize K textures at once, saved as OUT_0.png … OUT_{K-1}.png")
     run.add_argument("--logdir", default="texsynth_logs", help="TensorBoard log directory")
     run.add_argument("--no-log", action="store_true", help="disable TensorBoard logging")
     run.add_argument("--log-images-every", type=int, default=10, help="log the image every N steps")
@@ -88,6 +90,7 @@ def _synthesize(args: argparse.Namespace) -> int:
     _import_plugins(args.imports)
     _check_positive("--steps", args.steps)
     _check_positive("--log-images-every", args.log_images_every)
+    _check_positive("--variations", args.variations)
     if args.max_iter is not None:
         _check_positive("--max-iter", args.max_iter)
     if args.seed is not None and args.seed < 0:
@@ -109,6 +112,7 @@ def _synthesize(args: argparse.Namespace) -> int:
         preset=args.preset,
         seed=args.seed,
         init=args.init,
+        variations=args.variations,
         lbfgs={"max_iter": args.max_iter} if args.max_iter else None,
         logdir=False if args.no_log else args.logdir,
         log_images_every=args.log_images_every,
@@ -116,10 +120,10 @@ def _synthesize(args: argparse.Namespace) -> int:
         precision=args.precision,
         progress_bar=not args.no_progress and not args.json,
     )
-    result.save(output)
+    written = result.save(output)
     module = result.module
     summary = {
-        "output": str(output),
+        "output": str(output) if len(written) == 1 else [str(p) for p in written],
         "steps": result.steps,
         "evals": result.evals,
         "seconds": round(result.seconds, 3),
@@ -134,7 +138,7 @@ def _synthesize(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary))
     else:
-        print(f"wrote {output} ({summary['size'][0]}x{summary['size'][1]}, {result.steps} steps, "
+        print(f"wrote {', '.join(map(str, written))} ({summary['size'][0]}x{summary['size'][1]}, {result.steps} steps, "
               f"{result.evals} evaluations, {result.seconds:.1f} s, loss {result.losses['total']:.4g})")
     return 0
 

@@ -50,6 +50,8 @@ class TextureSynthesis(L.LightningModule):
         seed: seeds the initial image; ``None`` draws one (recorded in ``hparams``).
         init: starting image (``sigmoid``, ``uniform``, ``gaussian``, ``random_phase``).
         lbfgs: ``torch.optim.LBFGS`` options over the preset's (lr, max_iter, history_size, …).
+        variations: how many different textures to synthesize at once (a batch; each
+            sample's losses are independent of the others').
     """
 
     def __init__(
@@ -66,6 +68,7 @@ class TextureSynthesis(L.LightningModule):
         seed: int | None = None,
         init: str | None = None,
         lbfgs: Mapping[str, Any] | None = None,
+        variations: int = 1,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -95,6 +98,9 @@ class TextureSynthesis(L.LightningModule):
                 _check_min_size(self.backbone.min_size(layers), self.output_size, "output size")
             self.extractor = FeatureExtractor(self.backbone, layers)
 
+        if not isinstance(variations, int) or isinstance(variations, bool) or variations < 1:
+            raise InvalidArgumentError(f"variations must be a positive integer, got {variations!r}")
+        self.variations = variations
         self.init_kind = init or recipe.preset.init
         if self.init_kind not in INITS:
             raise InvalidArgumentError(f"unknown init {self.init_kind!r}; known: {', '.join(INITS)}")
@@ -131,12 +137,13 @@ class TextureSynthesis(L.LightningModule):
             "losses": {name: _loss_config(loss) for name, loss in self.loss_terms.items()},
             "init": self.init_kind,
             "seed": self.seed,
+            "variations": self.variations,
             "lbfgs": dict(self.lbfgs_options),
         }
 
     # ------------------------------------------------------------------ image state
     def _new_image(self) -> torch.Tensor:
-        shape = (1, 3, *self.output_size)
+        shape = (self.variations, 3, *self.output_size)
         return initial_image(self.init_kind, shape, self._generator, self.exemplar)
 
     def reset_image(self) -> None:
@@ -159,9 +166,13 @@ class TextureSynthesis(L.LightningModule):
             self.num_steps + 1, total, self.num_steps,
         )
 
-    def output(self) -> torch.Tensor:
-        """The current result as a ``(3, H, W)`` tensor clipped to [0, 1], on the CPU."""
-        return self.image.detach()[0].clamp(0, 1).cpu()
+    def output(self, index: int = 0) -> torch.Tensor:
+        """Result ``index`` as a ``(3, H, W)`` tensor clipped to [0, 1], on the CPU."""
+        return self.image.detach()[index].clamp(0, 1).cpu()
+
+    def outputs(self) -> torch.Tensor:
+        """All variations as a ``(variations, 3, H, W)`` tensor clipped to [0, 1], on the CPU."""
+        return self.image.detach().clamp(0, 1).cpu()
 
     # ------------------------------------------------------------------ losses
     def _ensure_targets(self) -> None:
@@ -181,7 +192,8 @@ class TextureSynthesis(L.LightningModule):
     def compute_losses(self, image: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Each weighted loss term as it enters the total, plus ``"total"``.
 
-        Works on any image of the output size (default: the current one); differentiable.
+        Works on any image or batch of the output size (default: the current one); a batch's
+        terms are sums over its samples. Differentiable.
         """
         if image is None:
             image = self.image
