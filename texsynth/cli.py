@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--preset", help="named recipe, e.g. liu2016 (see `texsynth list`)")
     run.add_argument("--init", help="starting image: sigmoid, uniform, gaussian, random_phase")
     run.add_argument("--seed", type=int, help="random seed (default: drawn and reported)")
+    run.add_argument("--tile", action="store_true", help="make the output seamlessly tileable")
     run.add_argument("--variations", type=int, default=1,
                      help="synthesize K textures at once, saved as OUT_0.png … OUT_{K-1}.png")
     run.add_argument("--logdir", default="texsynth_logs", help="TensorBoard log directory")
@@ -113,6 +114,7 @@ def _synthesize(args: argparse.Namespace) -> int:
         seed=args.seed,
         init=args.init,
         variations=args.variations,
+        tile=args.tile,
         lbfgs={"max_iter": args.max_iter} if args.max_iter else None,
         logdir=False if args.no_log else args.logdir,
         log_images_every=args.log_images_every,

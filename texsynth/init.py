@@ -44,7 +44,7 @@ def random_phase_noise(
 
     batch, _, height, width = shape
     mean = exemplar.mean(dim=(2, 3), keepdim=True)
-    spectrum = exemplar_spectrum(exemplar - mean, (height, width), mode="color")
+    spectrum = exemplar_spectrum(exemplar - mean, (height, width), mode="color", periodic=True)
     noise = torch.fft.fft2(torch.randn((batch, 1, height, width), generator=generator))
     phase = noise / noise.abs().clamp_min(1e-12)
     return (torch.fft.ifft2(spectrum * phase).real + mean).float()

@@ -52,6 +52,8 @@ class TextureSynthesis(L.LightningModule):
         lbfgs: ``torch.optim.LBFGS`` options over the preset's (lr, max_iter, history_size, …).
         variations: how many different textures to synthesize at once (a batch; each
             sample's losses are independent of the others').
+        tile: make the output periodic (seamlessly tileable): circular padding in the
+            backbone, the exemplar's periodic component in the spectrum constraint.
     """
 
     def __init__(
@@ -69,6 +71,7 @@ class TextureSynthesis(L.LightningModule):
         init: str | None = None,
         lbfgs: Mapping[str, Any] | None = None,
         variations: int = 1,
+        tile: bool = False,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -86,6 +89,9 @@ class TextureSynthesis(L.LightningModule):
             exemplar_tensor = center_crop_resize(exemplar_tensor, prep)
         self.output_size: Size = parse_size(size) or tuple(exemplar_tensor.shape[-2:])  # type: ignore[assignment]
 
+        self.tile = bool(tile)
+        if self.tile:
+            make_periodic(recipe.backbone, recipe.losses.values())
         self.loss_terms = nn.ModuleDict(recipe.losses)
         layers = list(dict.fromkeys(l for loss in recipe.losses.values() for l in loss.layers))
         self.backbone = recipe.backbone
@@ -138,6 +144,7 @@ class TextureSynthesis(L.LightningModule):
             "init": self.init_kind,
             "seed": self.seed,
             "variations": self.variations,
+            "tile": self.tile,
             "lbfgs": dict(self.lbfgs_options),
         }
 
@@ -261,6 +268,19 @@ class _Diverged(Exception):
     def __init__(self, value: float) -> None:
         super().__init__(value)
         self.value = value
+
+
+def make_periodic(backbone: nn.Module, losses: Any) -> None:
+    """Circular padding everywhere the backbone pads, periodic spectrum targets."""
+    if isinstance(backbone, Backbone):
+        backbone.set_circular_padding(True)
+    else:
+        for module in backbone.modules():
+            if isinstance(module, nn.Conv2d) and any(p > 0 for p in torch.nn.modules.utils._pair(module.padding)):
+                module.padding_mode = "circular"
+    for loss in losses:
+        if hasattr(loss, "periodic"):
+            loss.periodic = True
 
 
 def _check_min_size(minimum: int, size: Any, what: str) -> None:

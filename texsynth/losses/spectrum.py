@@ -57,24 +57,61 @@ def spectrum_projection(
     return projected.real.to(image.dtype)
 
 
+def periodic_component(image: torch.Tensor) -> torch.Tensor:
+    """The periodic part of ``image`` (Moisan 2011, "Periodic plus smooth decomposition").
+
+    An image's FFT treats it as periodic, so the jump between opposite borders adds a bright
+    cross to its spectrum. Removing the smooth component that carries those jumps leaves an
+    image whose spectrum is the texture's own.
+    """
+    image = at_least_float32(image)
+    height, width = image.shape[-2:]
+    boundary = torch.zeros_like(image)
+    row_jump = image[..., -1, :] - image[..., 0, :]
+    col_jump = image[..., :, -1] - image[..., :, 0]
+    boundary[..., 0, :] += row_jump
+    boundary[..., -1, :] -= row_jump
+    boundary[..., :, 0] += col_jump
+    boundary[..., :, -1] -= col_jump
+    q = torch.arange(height, device=image.device, dtype=image.dtype).view(-1, 1)
+    r = torch.arange(width, device=image.device, dtype=image.dtype).view(1, -1)
+    denominator = 2 * torch.cos(2 * torch.pi * q / height) + 2 * torch.cos(2 * torch.pi * r / width) - 4
+    denominator[0, 0] = 1.0
+    smooth_hat = torch.fft.fft2(boundary) / denominator
+    smooth_hat[..., 0, 0] = 0
+    return image - torch.fft.ifft2(smooth_hat).real
+
+
 def exemplar_spectrum(
-    exemplar: torch.Tensor, output_size: tuple[int, int], mode: str = "color"
+    exemplar: torch.Tensor, output_size: tuple[int, int], mode: str = "color", periodic: bool = False
 ) -> torch.Tensor:
     """The exemplar's Fourier transform at the output size.
 
-    Same size: ``fft2`` of the exemplar. Smaller output: ``fft2`` of the central crop (a
-    genuine sample of the texture at that size).
+    - Same size: ``fft2`` of the exemplar (of its periodic component if ``periodic``).
+    - Smaller: ``fft2`` of the central crop (a genuine sample of the texture at that size).
+    - Larger (in either dimension): the spectrum of the exemplar's periodic component, minus
+      its mean, embedded in a zero image of the output size (the "texton" of random-phase
+      texture synthesis, Galerne, Gousseau & Morel 2011), scaled to keep the per-pixel
+      variance, with the mean restored. Its modulus is the exemplar's spectrum smoothly
+      resampled to the finer frequency grid, and the relative phases of the colour channels
+      are kept, so colours stay consistent.
     """
-    image = luminance(exemplar) if mode == "luminance" else exemplar
+    image = luminance(exemplar) if mode == "luminance" else at_least_float32(exemplar)
     height, width = image.shape[-2:]
     out_h, out_w = output_size
-    if out_h > height or out_w > width:
-        raise InvalidArgumentError(
-            f"spectrum loss: output {out_w}x{out_h} is larger than the exemplar "
-            f"{width}x{height}; use an output no larger than the exemplar or drop the spectrum loss"
-        )
-    top, left = (height - out_h) // 2, (width - out_w) // 2
-    return torch.fft.fft2(at_least_float32(image[..., top : top + out_h, left : left + out_w]))
+    crop_h, crop_w = min(height, out_h), min(width, out_w)
+    top, left = (height - crop_h) // 2, (width - crop_w) // 2
+    image = image[..., top : top + crop_h, left : left + crop_w]
+    if periodic or (out_h, out_w) != (crop_h, crop_w):
+        image = periodic_component(image)
+    if (out_h, out_w) == (crop_h, crop_w):
+        return torch.fft.fft2(image)
+    mean = image.mean(dim=(-2, -1), keepdim=True)
+    texton = torch.zeros(*image.shape[:-2], out_h, out_w, dtype=image.dtype, device=image.device)
+    texton[..., :crop_h, :crop_w] = image - mean
+    spectrum = torch.fft.fft2(texton) * ((out_h * out_w) / (crop_h * crop_w)) ** 0.5
+    spectrum[..., 0, 0] = mean[..., 0, 0] * out_h * out_w
+    return spectrum
 
 
 @register_loss("spectrum")
@@ -87,17 +124,25 @@ class SpectrumLoss(TextureLoss):
         eps: regularizer of the phase normalization.
         reduction: ``"sum"`` over pixels (the paper and reference) or ``"mean"`` (a value
             independent of the image size, so one weight serves every size).
+        periodic: use the exemplar's periodic component (no border cross in its spectrum);
+            on for tileable outputs.
     """
 
     layers = ()
 
     def __init__(
-        self, mode: str = "color", eps: float = 1e-11, reduction: str = "sum", weight: float = 1.0
+        self,
+        mode: str = "color",
+        eps: float = 1e-11,
+        reduction: str = "sum",
+        periodic: bool = False,
+        weight: float = 1.0,
     ) -> None:
         super().__init__(weight)
         if reduction not in ("sum", "mean"):
             raise InvalidArgumentError(f"spectrum reduction must be 'sum' or 'mean', got {reduction!r}")
         self.reduction = reduction
+        self.periodic = periodic
         if mode not in SPECTRUM_MODES:
             raise InvalidArgumentError(
                 f"spectrum mode must be one of {', '.join(SPECTRUM_MODES)}, got {mode!r}"
@@ -106,7 +151,7 @@ class SpectrumLoss(TextureLoss):
         self.eps = eps
 
     def set_target(self, exemplar: torch.Tensor, features: Features, output_size: tuple[int, int]) -> None:
-        self.register_buffer("target", exemplar_spectrum(exemplar, output_size, self.mode), persistent=False)
+        self.register_buffer("target", exemplar_spectrum(exemplar, output_size, self.mode, self.periodic), persistent=False)
 
     def forward(self, image: torch.Tensor, features: Features) -> torch.Tensor:
         signal = luminance(image) if self.mode == "luminance" else image

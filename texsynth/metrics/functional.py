@@ -224,6 +224,17 @@ def _max_ncc(a: torch.Tensor, b: torch.Tensor, min_overlap: float) -> torch.Tens
     return ncc[valid].max()
 
 
+def seam_score(image: torch.Tensor) -> torch.Tensor:
+    """How visible the seams are when ``image`` is tiled: the mean absolute jump across the
+    wrap-around edges (last row to first, last column to first) divided by the mean jump
+    between neighbouring pixels inside the image. About 1 for a seamless tile; a texture
+    cut from a larger one typically scores 2 or more."""
+    x = _as_batch(image, "image")
+    inside = (x[..., 1:, :] - x[..., :-1, :]).abs().mean() + (x[..., :, 1:] - x[..., :, :-1]).abs().mean()
+    across = (x[..., 0, :] - x[..., -1, :]).abs().mean() + (x[..., :, 0] - x[..., :, -1]).abs().mean()
+    return across / inside.clamp_min(1e-12)
+
+
 def texture_metrics(preds: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
     """All measures at once, as floats: ``swd``, ``spectrum``, ``lbp``, ``color``, ``copy``."""
     return {

@@ -1,0 +1,85 @@
+"""Outputs of any size, and seamless tiles."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import TINY_BACKBONE
+from texsynth import TextureSynthesis
+from texsynth.api import fit
+from texsynth.cli import main
+from texsynth.examples import load_example
+from texsynth.init import random_phase_noise
+from texsynth.losses.spectrum import exemplar_spectrum, periodic_component
+from texsynth.metrics import seam_score
+
+
+def _periodic_laplacian(image: torch.Tensor) -> torch.Tensor:
+    return sum(torch.roll(image, s, d) for s in (1, -1) for d in (-1, -2)) - 4 * image
+
+
+def test_periodic_component_removes_border_jumps_and_only_a_smooth_part():
+    y, x = torch.meshgrid(torch.arange(16.0), torch.arange(16.0), indexing="ij")
+    ramp = (x / 15).expand(1, 3, 16, 16)  # jumps from 1 to 0 across the wrap
+    component = periodic_component(ramp)
+    jump = (component[..., :, 0] - component[..., :, -1]).abs().max()
+    assert float(jump) < 0.1  # the ramp jumped by 1
+    image = torch.rand(1, 3, 16, 16, dtype=torch.float64)
+    smooth = image - periodic_component(image)  # harmonic away from the border
+    torch.testing.assert_close(_periodic_laplacian(smooth)[..., 1:-1, 1:-1],
+                               torch.zeros(1, 3, 14, 14, dtype=torch.float64), atol=1e-9, rtol=0)
+    torch.testing.assert_close(smooth.mean(), torch.tensor(0.0, dtype=torch.float64), atol=1e-9, rtol=0)
+
+
+@pytest.mark.parametrize("size", [(48, 40), (24, 56)])
+def test_spectrum_at_a_larger_size_keeps_mean_and_variance(size):
+    exemplar = load_example("cells", size=32)
+    spectrum = exemplar_spectrum(exemplar, size)
+    pixels = size[0] * size[1]
+    crop_h = min(32, size[0])
+    crop = exemplar[..., (32 - crop_h) // 2 : (32 - crop_h) // 2 + crop_h, :]  # sides already larger
+    torch.testing.assert_close(spectrum[..., 0, 0].real / pixels, crop.mean(dim=(2, 3)), atol=1e-5, rtol=0)
+    variance = (spectrum.abs().pow(2).sum(dim=(2, 3)) - spectrum[..., 0, 0].abs().pow(2)) / pixels**2
+    expected = periodic_component(crop).var(dim=(2, 3), unbiased=False)
+    torch.testing.assert_close(variance, expected, rtol=0.05, atol=1e-6)
+    noise = random_phase_noise(exemplar, (1, 3, *size), torch.Generator().manual_seed(0))
+    assert noise.shape == (1, 3, *size)
+
+
+def test_larger_non_square_output_from_the_cli(tmp_path, capsys):
+    out = tmp_path / "wide.png"
+    code = main(["synthesize", "bricks", "--exemplar-size", "32", "-o", str(out), "--size", "48x40", "--json",
+                 "--steps", "1", "--max-iter", "3", "--backbone", "random_pyramid", "--no-log"])
+    assert code == 0, capsys.readouterr().err
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["size"] == [48, 40]
+    with Image.open(out) as image:
+        assert image.size == (48, 40)  # width x height
+
+
+def _synthesize(tile: bool) -> torch.Tensor:
+    exemplar = load_example("cells", size=32)
+    # Gram only: the spectrum constraint is periodic by construction and would blur the contrast.
+    module = TextureSynthesis(exemplar, **TINY_BACKBONE, size=(32, 40), tile=tile, seed=0,
+                              losses={"spectrum": 0})
+    fit(module, 4, logdir=False, progress_bar=False, quiet=True)
+    return module.output()
+
+
+def test_tiled_outputs_have_no_seam_and_untiled_ones_do():
+    tiled, untiled = seam_score(_synthesize(True)), seam_score(_synthesize(False))
+    assert abs(float(tiled) - 1) < 0.3  # jumps across the wrap look like jumps inside the image
+    assert float(untiled) > float(tiled) + 0.1
+
+
+def test_tile_sets_circular_padding_and_periodic_spectrum(exemplar):
+    module = TextureSynthesis(exemplar, backbone="random_pyramid", tile=True, seed=0)
+    convs = [m for m in module.backbone.modules() if isinstance(m, torch.nn.Conv2d) and m.padding != (0, 0)]
+    assert convs and all(m.padding_mode == "circular" for m in convs)
+    assert module.loss_terms["spectrum"].periodic and module.hparams["tile"] is True
+    vgg = TextureSynthesis(exemplar, backbone="vgg19", weights="random", tile=True, seed=0)
+    assert vgg.backbone.conv1_1.padding_mode == "circular"
