@@ -33,8 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = commands.add_parser("synthesize", help="synthesize a texture from an exemplar image")
-    run.add_argument("exemplar", help="image file, or a bundled example name (see `texsynth list`)")
-    run.add_argument("-o", "--output", required=True, help="output image path (PNG)")
+    run.add_argument("exemplar", nargs="?", help="image file, or a bundled example name (see `texsynth list`)")
+    run.add_argument("-o", "--output", help="output image path (PNG)")
+    run.add_argument("--config", help="YAML run configuration (as written next to every output); "
+                     "options given here override it")
     run.add_argument("--size", help="output size: N or WIDTHxHEIGHT (default: the exemplar's)")
     run.add_argument("--exemplar-size", help="centre-crop and resize the exemplar first: N or WxH")
     run.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="L-BFGS steps (each up to max-iter evaluations)")
@@ -69,12 +71,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     weights = commands.add_parser("download-weights", help="download VGG19 ImageNet weights (548 MB)")
     weights.add_argument("--quiet", action="store_true")
+
+    prepare = commands.add_parser("prepare", help="centre-crop and resize a folder of images (DTD preprocessing)")
+    prepare.add_argument("source", help="folder to read (recursively)")
+    prepare.add_argument("destination", help="folder to write PNGs to (same relative layout)")
+    prepare.add_argument("--size", type=int, default=256, help="output side in pixels")
+    parser.synthesize_parser = run  # type: ignore[attr-defined]
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
+        if args.command == "synthesize" and args.config:
+            args = _apply_config(parser, argv, args.config)
         return _COMMANDS[args.command](args)
     except TexsynthError as error:
         print(f"texsynth: error: {error}", file=sys.stderr)
@@ -84,10 +95,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
 
 
+def _apply_config(parser: argparse.ArgumentParser, argv: Sequence[str] | None, path: str) -> argparse.Namespace:
+    """Re-parse with the file's values as defaults, so command-line options win."""
+    from texsynth.config import read_config
+
+    config = read_config(path)
+    run = parser.synthesize_parser  # type: ignore[attr-defined]
+    dests = {action.dest for action in run._actions}
+    run.set_defaults(**{key: value for key, value in config.items() if key in dests})
+    args = parser.parse_args(argv)
+    args.config_extras = {key: config[key] for key in ("backbone_options", "losses", "lbfgs") if key in config}
+    return args
+
+
 def _synthesize(args: argparse.Namespace) -> int:
     from texsynth.api import synthesize
-    from texsynth.recipe import parse_loss_argument
+    from texsynth.config import config_path_for, run_config, write_config
+    from texsynth.recipe import merge_loss_weights, parse_loss_argument
 
+    if not args.exemplar:
+        raise InvalidArgumentError("missing EXEMPLAR (an image path or a bundled example name)")
+    if not args.output:
+        raise InvalidArgumentError("missing -o/--output")
+    extras = getattr(args, "config_extras", {})
     _import_plugins(args.imports)
     _check_positive("--steps", args.steps)
     _check_positive("--log-images-every", args.log_images_every)
@@ -101,7 +131,12 @@ def _synthesize(args: argparse.Namespace) -> int:
         raise InvalidArgumentError(f"--output {output} is the exemplar itself; refusing to overwrite it")
     if output.is_dir():
         raise InvalidArgumentError(f"--output {output} is a directory; give a file name")
-    losses = dict(parse_loss_argument(text) for text in args.loss) or None
+    weights_given = dict(parse_loss_argument(text) for text in args.loss)
+    losses = merge_loss_weights(extras.get("losses"), weights_given)
+    lbfgs = dict(extras.get("lbfgs") or {})
+    if args.max_iter:
+        lbfgs["max_iter"] = args.max_iter
+    trainer = {"accelerator": args.accelerator, "precision": args.precision}
     result = synthesize(
         args.exemplar,
         steps=args.steps,
@@ -115,15 +150,18 @@ def _synthesize(args: argparse.Namespace) -> int:
         init=args.init,
         variations=args.variations,
         tile=args.tile,
-        lbfgs={"max_iter": args.max_iter} if args.max_iter else None,
+        backbone_options=extras.get("backbone_options"),
+        lbfgs=lbfgs or None,
         logdir=False if args.no_log else args.logdir,
         log_images_every=args.log_images_every,
-        accelerator=args.accelerator,
-        precision=args.precision,
         progress_bar=not args.no_progress and not args.json,
+        **trainer,
     )
     written = result.save(output)
     module = result.module
+    config = run_config(module, exemplar=args.exemplar, output=str(output), steps=args.steps, trainer=trainer)
+    config["imports"] = list(args.imports)
+    config_file = write_config(config, config_path_for(output))
     summary = {
         "output": str(output) if len(written) == 1 else [str(p) for p in written],
         "steps": result.steps,
@@ -136,6 +174,7 @@ def _synthesize(args: argparse.Namespace) -> int:
         "size": [module.output_size[1], module.output_size[0]],
         "log_dir": result.log_dir,
         "diverged": module.diverged,
+        "config": str(config_file),
     }
     if args.json:
         print(json.dumps(summary))
@@ -170,6 +209,14 @@ def _example(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prepare(args: argparse.Namespace) -> int:
+    from texsynth.prepare import prepare_folder
+
+    written, skipped = prepare_folder(args.source, args.destination, args.size)
+    print(f"wrote {written} image(s) to {args.destination}; skipped {skipped} unreadable file(s)")
+    return 0
+
+
 def _download_weights(args: argparse.Namespace) -> int:
     from texsynth.backbones.vgg import download_imagenet_weights
 
@@ -183,6 +230,7 @@ _COMMANDS = {
     "list": _list,
     "example": _example,
     "download-weights": _download_weights,
+    "prepare": _prepare,
 }
 
 

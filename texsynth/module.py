@@ -81,6 +81,7 @@ class TextureSynthesis(L.LightningModule):
         recipe = resolve_recipe(preset, backbone, backbone_options, weights, losses)
         self.preset = recipe.preset
         self.backbone_name = recipe.backbone_name
+        self.backbone_options = recipe.backbone_options
 
         prep = parse_size(exemplar_size, "exemplar_size") or parse_size(
             recipe.preset.exemplar_size, "exemplar_size"

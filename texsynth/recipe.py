@@ -32,6 +32,8 @@ class Recipe:
     backbone: nn.Module
     backbone_name: str
     losses: dict[str, TextureLoss]
+    #: the keyword options the named backbone was built with (preset's merged with the user's)
+    backbone_options: dict[str, Any]
 
 
 def default_preset_name() -> str:
@@ -57,11 +59,13 @@ def resolve_recipe(
     losses: LossSpec = None,
 ) -> Recipe:
     preset_obj = _resolve_preset(preset, backbone)
-    backbone_module, backbone_name = _resolve_backbone(preset_obj, backbone, backbone_options, weights)
+    backbone_module, backbone_name, used_options = _resolve_backbone(
+        preset_obj, backbone, backbone_options, weights
+    )
     loss_modules = resolve_losses(losses, preset_obj)
     for loss in loss_modules.values():
         loss.bind(backbone_module if isinstance(backbone_module, Backbone) else None)
-    return Recipe(preset_obj, backbone_module, backbone_name, loss_modules)
+    return Recipe(preset_obj, backbone_module, backbone_name, loss_modules, used_options)
 
 
 def _resolve_preset(preset: str | Preset | None, backbone: str | nn.Module | None) -> Preset:
@@ -93,13 +97,13 @@ def _resolve_backbone(
     backbone: str | nn.Module | None,
     options: Mapping[str, Any] | None,
     weights: Any,
-) -> tuple[nn.Module, str]:
+) -> tuple[nn.Module, str, dict[str, Any]]:
     if isinstance(backbone, nn.Module):
         if weights is not None:
             raise InvalidArgumentError("weights cannot be combined with a backbone module")
         if not isinstance(backbone, Backbone):
             freeze_module(backbone)
-        return backbone, type(backbone).__name__
+        return backbone, type(backbone).__name__, {}
     name = backbone or preset.backbone
     if not isinstance(name, str):
         raise InvalidArgumentError(f"backbone must be a name or nn.Module, got {type(name).__name__}")
@@ -109,7 +113,7 @@ def _resolve_backbone(
     if weights is not None:
         merged["weights"] = weights
     try:
-        return create_backbone(name, **merged), name
+        return create_backbone(name, **merged), name, merged
     except TypeError as error:
         raise InvalidArgumentError(f"backbone {name!r}: {error}") from None
 
@@ -152,6 +156,7 @@ def _create(name: str, options: Mapping[str, Any]) -> TextureLoss:
         raise InvalidArgumentError(f"loss {name!r}: {error}") from None
     if not isinstance(loss, TextureLoss):
         raise InvalidArgumentError(f"loss {name!r} did not build a TextureLoss")
+    loss.spec = (name, dict(options))  # how to build it again (written to run configs)
     return loss
 
 
@@ -165,6 +170,30 @@ def _from_item(item: Any) -> tuple[str, TextureLoss]:
         options = dict(value) if isinstance(value, Mapping) else {"weight": value}
         return name, _create(name, options)
     raise InvalidArgumentError(f"cannot make a loss from {item!r}")
+
+
+def merge_loss_weights(spec: LossSpec, weights: Mapping[str, float]) -> LossSpec:
+    """Apply ``--loss NAME=WEIGHT`` settings to a loss spec from a config file.
+
+    A sequence ``[[name, options], …]`` gets the weight of each named entry replaced (0
+    removes it; a new name is appended); a mapping or no spec is merged as a mapping.
+    """
+    if not weights:
+        return spec
+    if spec is None or isinstance(spec, Mapping):
+        return {**dict(spec or {}), **weights}
+    merged, seen = [], set()
+    for item in spec:
+        name, options = (item[0], dict(item[1]) if isinstance(item[1], Mapping) else {"weight": item[1]}) \
+            if isinstance(item, (list, tuple)) else (item, {})
+        if name in weights:
+            seen.add(name)
+            if weights[name] == 0:
+                continue
+            options["weight"] = weights[name]
+        merged.append([name, options])
+    merged.extend([name, {"weight": w}] for name, w in weights.items() if name not in seen and w != 0)
+    return merged
 
 
 def parse_loss_argument(text: str) -> tuple[str, float]:

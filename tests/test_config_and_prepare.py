@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from texsynth.cli import main
+
+RUN = ["--exemplar-size", "32", "--steps", "2", "--max-iter", "3", "--backbone", "random_pyramid",
+       "--no-log", "--no-progress"]
+
+
+def test_a_written_config_reproduces_the_run(tmp_path, capsys):
+    first = tmp_path / "first.png"
+    assert main(["synthesize", "weave", "-o", str(first), *RUN, "--loss", "spectrum=0.5", "--size", "40x32"]) == 0
+    config_file = tmp_path / "first.texsynth.yaml"
+    config = yaml.safe_load(config_file.read_text())
+    assert config["exemplar"] == "weave" and config["size"] == "40x32" and isinstance(config["seed"], int)
+    assert ["spectrum", {"mode": "color", "reduction": "mean", "weight": 0.5}] in config["losses"]
+    assert config["lbfgs"]["max_iter"] == 3 and config["backbone"] == "random_pyramid"
+
+    second = tmp_path / "second.png"
+    assert main(["synthesize", "--config", str(config_file), "-o", str(second)]) == 0
+    assert second.read_bytes() == first.read_bytes()
+    assert yaml.safe_load((tmp_path / "second.texsynth.yaml").read_text())["seed"] == config["seed"]
+
+    third = tmp_path / "third.png"  # a command-line option overrides the file
+    assert main(["synthesize", "--config", str(config_file), "-o", str(third), "--seed", "99"]) == 0
+    assert third.read_bytes() != first.read_bytes()
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [("steps: 2\nbogus: 1\n", "unknown key(s) bogus"), ("- a\n- b\n", "expected a mapping"), ("a: [b\n", "not a readable YAML")],
+)
+def test_bad_config_files_are_one_line_errors(tmp_path, capsys, content, message):
+    path = tmp_path / "run.yaml"
+    path.write_text(content)
+    assert main(["synthesize", "weave", "-o", str(tmp_path / "x.png"), "--config", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_prepare_crops_resizes_and_skips_unreadable_files(tmp_path, capsys):
+    source = tmp_path / "dtd"
+    (source / "cracked").mkdir(parents=True)
+    wide = np.zeros((40, 80, 3), dtype=np.uint8)
+    wide[:, 20:60] = 255  # the centre square is white, the sides black
+    Image.fromarray(wide).save(source / "cracked" / "a.jpg")
+    Image.fromarray(np.full((30, 30), 128, dtype=np.uint8)).save(source / "b.png")
+    (source / "cracked" / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    before = {p: p.read_bytes() for p in source.rglob("*") if p.is_file()}
+    destination = tmp_path / "prepared"
+    assert main(["prepare", str(source), str(destination), "--size", "16"]) == 0
+    captured = capsys.readouterr()
+    assert "skipping" in captured.err and "broken.jpg" in captured.err
+    assert "wrote 2 image(s)" in captured.out and "skipped 1" in captured.out
+    with Image.open(destination / "cracked" / "a.png") as image:
+        assert image.size == (16, 16)
+        assert np.asarray(image).min() > 200  # the centre crop, not a squashed whole
+    with Image.open(destination / "b.png") as image:
+        assert image.size == (16, 16)
+    assert {p: p.read_bytes() for p in source.rglob("*") if p.is_file()} == before
+    assert main(["prepare", str(tmp_path / "nowhere"), str(destination)]) == 2

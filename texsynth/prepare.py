@@ -1,0 +1,49 @@
+"""Dataset preparation: what the reference did to the Describable Textures Dataset.
+
+Walk a folder, centre-crop every image to a square, resize it with anti-aliasing, and save
+it as PNG under the same relative path in another folder. Unreadable files are skipped with
+a warning; inputs are never modified.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from texsynth.errors import ImageLoadError, InvalidArgumentError
+from texsynth.image_io import center_crop_resize, load_image, save_image
+
+SKIPPED_NAMES = {".DS_Store", "Thumbs.db"}
+
+
+def prepare_folder(source: str | os.PathLike, destination: str | os.PathLike, size: int = 256,
+                   progress: bool = True) -> tuple[int, int]:
+    """Returns (images written, files skipped)."""
+    source, destination = Path(source), Path(destination)
+    if not source.is_dir():
+        raise InvalidArgumentError(f"{source}: not a folder")
+    if size < 1:
+        raise InvalidArgumentError(f"--size must be a positive integer, got {size}")
+    if destination.resolve() == source.resolve():
+        raise InvalidArgumentError(f"{destination}: must differ from the source folder")
+    files = sorted(p for p in source.rglob("*") if p.is_file() and p.name not in SKIPPED_NAMES
+                   and destination.resolve() not in p.resolve().parents)
+    written = skipped = 0
+    for path in tqdm(files, desc="prepare", unit="img", disable=not progress, file=sys.stderr):
+        try:
+            image = load_image(path, name=str(path))
+        except ImageLoadError as error:
+            tqdm.write(f"texsynth: warning: skipping {error}", file=sys.stderr)
+            skipped += 1
+            continue
+        side = min(image.shape[-2:])
+        if side < 1:
+            skipped += 1
+            continue
+        target = destination / path.relative_to(source).with_suffix(".png")
+        save_image(center_crop_resize(image, (size, size)), target)
+        written += 1
+    return written, skipped
