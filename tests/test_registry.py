@@ -98,3 +98,50 @@ def test_entry_point_plugins_load_lazily_and_broken_ones_are_skipped(monkeypatch
         warnings.simplefilter("error")
         registry.names()  # loaded once: no second warning
     assert calls == ["texsynth.losses"]
+
+
+def test_an_installed_plugin_distribution_provides_a_loss_and_a_backbone(tmp_path, monkeypatch):
+    """A real (if minimal) installed distribution, discovered through importlib.metadata."""
+    from texsynth.backbones import BACKBONES, create_backbone
+    from texsynth.losses import LOSSES
+
+    (tmp_path / "texsynth_fake_plugin.py").write_text(
+        "import torch\n"
+        "from texsynth.losses import TextureLoss\n"
+        "from texsynth.backbones import Backbone\n"
+        "class FakeLoss(TextureLoss):\n"
+        "    def set_target(self, exemplar, features, output_size):\n"
+        "        self.register_buffer('target', exemplar.mean(), persistent=False)\n"
+        "    def forward(self, image, features):\n"
+        "        return (image.mean() - self.target) ** 2\n"
+        "class FakeNet(Backbone):\n"
+        "    texture_layers = ('conv',)\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)\n"
+        "        self.freeze()\n"
+        "    def forward(self, x):\n"
+        "        return self.conv(x)\n"
+    )
+    dist_info = tmp_path / "texsynth_fake_plugin-0.1.dist-info"
+    dist_info.mkdir()
+    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: texsynth-fake-plugin\nVersion: 0.1\n")
+    (dist_info / "entry_points.txt").write_text(
+        "[texsynth.losses]\n"
+        "fake_plugin_loss = texsynth_fake_plugin:FakeLoss\n"
+        "broken_plugin_loss = texsynth_module_that_does_not_exist:Nope\n"
+        "[texsynth.backbones]\n"
+        "fake_plugin_net = texsynth_fake_plugin:FakeNet\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(LOSSES, "_plugins_loaded", False)
+    monkeypatch.setattr(BACKBONES, "_plugins_loaded", False)
+    try:
+        with pytest.warns(RuntimeWarning, match="skipping loss plugin 'broken_plugin_loss'"):
+            assert "fake_plugin_loss" in list_losses()
+        assert type(create_loss("fake_plugin_loss")).__name__ == "FakeLoss"
+        assert "fake_plugin_net" in list_backbones()
+        assert list(create_backbone("fake_plugin_net").parameters()) == []
+    finally:
+        LOSSES.remove("fake_plugin_loss")
+        BACKBONES.remove("fake_plugin_net")

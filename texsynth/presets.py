@@ -41,6 +41,15 @@ class Preset:
         return copy.deepcopy(self.losses)
 
 
+#: the scale-free recipe used with every backbone but the reference's: Gram matrices each
+#: divided by their target's norm, the colour spectrum constraint averaged over pixels, and
+#: L-BFGS with a strong-Wolfe line search (robust to the loss's overall scale).
+RELATIVE_GRAM_AND_SPECTRUM: dict[str, dict[str, Any]] = {
+    "gram": {"relative": True, "weight": 1.0},
+    "spectrum": {"mode": "color", "reduction": "mean", "weight": 1.0},
+}
+LBFGS_WOLFE: dict[str, Any] = {**LBFGS_DEFAULTS, "line_search_fn": "strong_wolfe"}
+
 PRESETS: Registry[Preset] = Registry("preset")
 
 
@@ -99,11 +108,8 @@ VGG19_DEFAULT = register_preset(
         ),
         backbone="vgg19",
         backbone_options={"weights": "imagenet", "pooling": "avg"},
-        lbfgs={**LBFGS_DEFAULTS, "line_search_fn": "strong_wolfe"},
-        losses={
-            "gram": {"relative": True, "weight": 1.0},
-            "spectrum": {"mode": "color", "reduction": "mean", "weight": 1.0},
-        },
+        lbfgs=LBFGS_WOLFE,
+        losses=RELATIVE_GRAM_AND_SPECTRUM,
     )
 )
 
@@ -116,11 +122,8 @@ RANDOM_MULTISCALE = register_preset(
             "slow (large kernels)"
         ),
         backbone="random_multiscale",
-        losses={
-            "gram": {"relative": True, "weight": 1.0},
-            "spectrum": {"mode": "color", "reduction": "mean", "weight": 1.0},
-        },
-        lbfgs={**LBFGS_DEFAULTS, "line_search_fn": "strong_wolfe"},
+        losses=RELATIVE_GRAM_AND_SPECTRUM,
+        lbfgs=LBFGS_WOLFE,
     )
 )
 
@@ -133,10 +136,7 @@ WEIGHT_FREE = register_preset(
             "colour spectrum constraint (Liu et al. 2016), L-BFGS with strong-Wolfe line search"
         ),
         backbone="random_pyramid",
-        losses={
-            "gram": {"relative": True, "weight": 1.0},
-            "spectrum": {"mode": "color", "reduction": "mean", "weight": 1.0},
-        },
-        lbfgs={**LBFGS_DEFAULTS, "line_search_fn": "strong_wolfe"},
+        losses=RELATIVE_GRAM_AND_SPECTRUM,
+        lbfgs=LBFGS_WOLFE,
     )
 )

@@ -16,7 +16,7 @@ from texsynth.backbones.base import freeze_module
 from texsynth.backbones.vgg import imagenet_weights_cached, imagenet_weights_path
 from texsynth.errors import InvalidArgumentError
 from texsynth.losses import LOSSES, TextureLoss, check_weight, create_loss
-from texsynth.presets import LBFGS_DEFAULTS, PRESETS, Preset, get_preset
+from texsynth.presets import LBFGS_WOLFE, PRESETS, RELATIVE_GRAM_AND_SPECTRUM, Preset, get_preset
 
 LossSpec = Union[
     None,
@@ -84,11 +84,8 @@ def _resolve_preset(preset: str | Preset | None, backbone: str | nn.Module | Non
         name=f"{name}-default",
         description=f"Gram + colour spectrum on {name}'s texture layers",
         backbone=name,
-        losses={
-            "gram": {"relative": True, "weight": 1.0},
-            "spectrum": {"mode": "color", "reduction": "mean", "weight": 1.0},
-        },
-        lbfgs={**LBFGS_DEFAULTS, "line_search_fn": "strong_wolfe"},
+        losses=RELATIVE_GRAM_AND_SPECTRUM,
+        lbfgs=LBFGS_WOLFE,
     )
 
 

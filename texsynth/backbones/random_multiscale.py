@@ -12,12 +12,12 @@ concatenated (the paper's single joint Gram matrix).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
+from texsynth.backbones._random import random_conv
 from texsynth.backbones.base import Backbone
 from texsynth.backbones.registry import register_backbone
 from texsynth.errors import InvalidArgumentError
@@ -42,12 +42,7 @@ class RandomMultiscale(Backbone):
         self.kernel_sizes = kernel_sizes
         generator = torch.Generator().manual_seed(seed)
         for k in kernel_sizes:
-            conv = nn.Conv2d(3, filters, k, padding=k // 2, bias=True)
-            bound = math.sqrt(6.0 / (3 * k * k + filters * k * k))
-            with torch.no_grad():
-                conv.weight.copy_(torch.rand(conv.weight.shape, generator=generator) * 2 * bound - bound)
-                conv.bias.zero_()
-            self.add_module(f"conv{k}", conv)
+            self.add_module(f"conv{k}", random_conv(3, filters, k, generator))
             self.add_module(f"relu{k}", nn.ReLU())
         self.add_module("stack", nn.Identity())
         # The paper feeds mean-subtracted 0-255 pixels.

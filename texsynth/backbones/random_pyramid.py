@@ -13,13 +13,13 @@ Taps: ``level{i}`` (all ReLU maps of pyramid level ``i``, concatenated) and
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from texsynth.backbones._random import random_conv
 from texsynth.backbones.base import Backbone
 from texsynth.backbones.registry import register_backbone
 from texsynth.errors import InvalidArgumentError
@@ -50,12 +50,7 @@ class RandomBanks(nn.Module):
         super().__init__()
         self.kernel_sizes = tuple(kernel_sizes)
         for k in self.kernel_sizes:
-            conv = nn.Conv2d(3, filters, k, padding=k // 2)
-            bound = math.sqrt(6.0 / (3 * k * k + filters * k * k))
-            with torch.no_grad():
-                conv.weight.copy_(torch.rand(conv.weight.shape, generator=generator) * 2 * bound - bound)
-                conv.bias.zero_()
-            self.add_module(f"conv{k}", conv)
+            self.add_module(f"conv{k}", random_conv(3, filters, k, generator))
             self.add_module(f"k{k}", nn.ReLU())
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:

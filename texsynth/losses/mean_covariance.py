@@ -9,8 +9,6 @@ from the spread, so bright and contrasty textures are not traded against each ot
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-
 import torch
 
 from texsynth.losses.base import at_least_float32
@@ -59,15 +57,6 @@ def gaussian_w2(
 @register_loss("mean_covariance")
 class MeanCovarianceLoss(LayeredLoss):
     """Σ_l w_l W₂²(Gaussian fit of output features, Gaussian fit of exemplar features) / C."""
-
-    def __init__(
-        self,
-        layers: Sequence[str] | None = None,
-        layer_weights: float | Sequence[float] | Mapping[str, float] = 1.0,
-        relative: bool = False,
-        weight: float = 1.0,
-    ) -> None:
-        super().__init__(layers, layer_weights, relative, weight)
 
     def layer_target(self, name: str, features: torch.Tensor) -> torch.Tensor:
         mean, covariance = mean_and_covariance(features)
