@@ -25,7 +25,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "gallery.png")
+    parser.add_argument("--tiling-output", type=Path, default=ROOT / "docs" / "tiling.png")
+    parser.add_argument("--only-tiling", action="store_true")
     args = parser.parse_args()
+    tiling_figure(args)
+    if args.only_tiling:
+        return
 
     pairs = []
     for name in texsynth.list_examples():
@@ -49,6 +54,29 @@ def main() -> None:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(args.output)
     print(f"wrote {args.output}")
+
+
+def tiling_figure(args: argparse.Namespace) -> None:
+    """A 128x128 output of `bricks` repeated 2x2, tiled (left) and untiled (right)."""
+    from texsynth.metrics import seam_score
+
+    panels = []
+    for tile in (True, False):
+        result = texsynth.synthesize("bricks", size=128, steps=args.steps, preset=args.preset,
+                                     seed=args.seed, tile=tile)
+        print(f"bricks tile={tile}: seam score {float(seam_score(result.image)):.2f}", flush=True)
+        image = to_pil(result.image)
+        repeated = Image.new("RGB", (256, 256))
+        for dx in (0, 128):
+            for dy in (0, 128):
+                repeated.paste(image, (dx, dy))
+        panels.append(repeated)
+    figure = Image.new("RGB", (2 * 256 + 12, 256), "white")
+    figure.paste(panels[0], (0, 0))
+    figure.paste(panels[1], (256 + 12, 0))
+    args.tiling_output.parent.mkdir(parents=True, exist_ok=True)
+    figure.save(args.tiling_output)
+    print(f"wrote {args.tiling_output}")
 
 
 if __name__ == "__main__":

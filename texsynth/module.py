@@ -27,6 +27,7 @@ from texsynth.errors import InvalidArgumentError
 from texsynth.features import FeatureExtractor
 from texsynth.image_io import ImageSource, Size, center_crop_resize, parse_size
 from texsynth.init import INITS, initial_image
+from texsynth.memory import check_memory
 from texsynth.presets import LBFGS_DEFAULTS, Preset
 from texsynth.recipe import LossSpec, resolve_recipe
 
@@ -225,6 +226,7 @@ class TextureSynthesis(L.LightningModule):
         return range(max(int(self.trainer.max_steps), 1))
 
     def on_fit_start(self) -> None:
+        check_memory(self, self.image.device)
         self._ensure_targets()
 
     def training_step(self, batch: Any, batch_idx: int) -> None:

@@ -1,0 +1,90 @@
+"""A memory guard: refuse a synthesis that cannot fit, before it is killed by the OS.
+
+The estimate counts what scales with the output's pixels: the backbone's activations up to
+the deepest tap (measured once on a small probe image and scaled by area; autograd keeps
+roughly twice that alive through the backward pass), the L-BFGS history (two image-sized
+vectors per remembered step, plus a few working copies) and the image itself.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from torch import nn
+
+from texsynth.errors import InvalidArgumentError
+
+PROBE = 64
+BYTES_PER_FLOAT = 4
+AUTOGRAD_FACTOR = 2.0
+GIB = 1024**3
+
+
+def activation_floats_per_pixel(extractor: nn.Module | None) -> float:
+    """Floats of all intermediate outputs, per input pixel, up to the deepest tap."""
+    if extractor is None:
+        return 0.0
+    total = 0
+
+    def count(_module: nn.Module, _inputs: Any, output: Any) -> None:
+        nonlocal total
+        if isinstance(output, torch.Tensor):
+            total += output.numel()
+
+    leaves = [m for m in extractor.model.modules() if not list(m.children())]
+    handles = [m.register_forward_hook(count) for m in leaves]
+    device = next(iter(extractor.model.buffers()), torch.zeros(())).device
+    try:
+        with torch.no_grad():
+            extractor(torch.zeros(1, 3, PROBE, PROBE, device=device))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return total / PROBE**2
+
+
+def estimate_bytes(module: Any) -> int:
+    """Approximate peak bytes of one loss evaluation plus the optimizer state."""
+    height, width = module.output_size
+    pixels = height * width * module.variations
+    activations = activation_floats_per_pixel(module.extractor) * pixels * AUTOGRAD_FACTOR
+    history = module.lbfgs_options["history_size"]
+    lbfgs = (2 * history + 6) * pixels * 3
+    return int((activations + lbfgs + 4 * pixels * 3) * BYTES_PER_FLOAT)
+
+
+def available_bytes(device: torch.device) -> int | None:
+    """Free memory on ``device`` (None when it cannot be told)."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free)
+    if device.type == "cpu":
+        try:
+            with open("/proc/meminfo") as meminfo:
+                for line in meminfo:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        try:
+            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            return None
+    return None
+
+
+def check_memory(module: Any, device: torch.device) -> None:
+    """Raise a clear error if the synthesis would need more memory than ``device`` has."""
+    limit = available_bytes(device)
+    if limit is None:
+        return
+    needed = estimate_bytes(module)
+    if needed > limit:
+        height, width = module.output_size
+        raise InvalidArgumentError(
+            f"output size {width}x{height} (x{module.variations}) needs about {needed / GIB:.1f} GiB on "
+            f"{device.type}, but only {limit / GIB:.1f} GiB is available; use a smaller --size, "
+            "fewer --variations, or a smaller L-BFGS history_size"
+        )
