@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -12,6 +13,8 @@ from typing import Any, Iterator
 
 import torch
 
+from texsynth.checkpointing import SaveAndInterrupt
+from texsynth.errors import InvalidArgumentError
 from texsynth.image_io import ImageSource, save_image, to_pil
 from texsynth.module import TextureSynthesis
 from texsynth.trainer import DEFAULT_LOGDIR, make_trainer
@@ -38,12 +41,7 @@ class SynthesisResult:
 
     def save(self, path: str | os.PathLike) -> list[Path]:
         """Save the result; several variations go to ``stem_0.png`` … ``stem_{K-1}.png``."""
-        path = Path(path)
-        images = self.images
-        if images.shape[0] == 1:
-            return [save_image(images[0], path)]
-        return [save_image(image, path.with_name(f"{path.stem}_{index}{path.suffix}"))
-                for index, image in enumerate(images)]
+        return self.module.save_outputs(path)
 
 
 @contextmanager
@@ -69,13 +67,32 @@ def fit(
     *,
     logdir: str | os.PathLike | None | bool = DEFAULT_LOGDIR,
     quiet: bool = False,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int = 0,
+    image_path: str | os.PathLike | None = None,
+    resume: str | os.PathLike | None = None,
     **trainer_options: Any,
 ) -> tuple[float, str | None]:
-    """Run ``steps`` L-BFGS steps on ``module`` with a fresh Trainer; returns (seconds, log dir)."""
+    """Run L-BFGS steps on ``module`` with a fresh Trainer; returns (seconds, log dir).
+
+    ``steps`` is the run's total: resuming from ``resume`` (a checkpoint) continues up to it.
+    ``checkpoint`` receives a checkpoint every ``checkpoint_every`` steps and when SIGINT or
+    SIGTERM stops the run at the end of a step (``image_path`` then receives the image).
+    """
+    saver = SaveAndInterrupt(checkpoint, image_path, checkpoint_every)
+    callbacks = [*trainer_options.pop("callbacks", ()), saver]
+    if resume is not None and not Path(resume).is_file():
+        raise InvalidArgumentError(f"--resume {resume}: no such checkpoint file")
     with quiet_lightning(quiet):
-        trainer = make_trainer(steps, logdir=logdir, run_name=module.exemplar_name, **trainer_options)
+        trainer = make_trainer(steps, logdir=logdir, run_name=module.exemplar_name, callbacks=callbacks,
+                               **trainer_options)
         start = time.perf_counter()
-        trainer.fit(module)
+        try:
+            trainer.fit(module, ckpt_path=str(resume) if resume is not None else None)
+        except (RuntimeError, KeyError, EOFError, pickle.UnpicklingError) as error:
+            if resume is None:
+                raise
+            raise InvalidArgumentError(f"--resume {resume}: not a usable texsynth checkpoint ({error})".splitlines()[0]) from None
         seconds = time.perf_counter() - start
     log_dir = trainer.logger.log_dir if trainer.logger is not None else None
     return seconds, log_dir
@@ -97,13 +114,18 @@ def synthesize(
     precision: str | int | None = "32-true",
     progress_bar: bool = False,
     quiet: bool = True,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int = 0,
+    image_path: str | os.PathLike | None = None,
+    resume: str | os.PathLike | None = None,
     **module_options: Any,
 ) -> SynthesisResult:
     """Synthesize a texture like ``exemplar`` in one call.
 
-    ``steps`` counts L-BFGS steps (each up to ``max_iter`` evaluations). Other keyword
-    options go to :class:`TextureSynthesis` (``exemplar_size``, ``init``, ``lbfgs``, …).
-    TensorBoard logging is off unless ``logdir`` is given.
+    ``steps`` counts L-BFGS steps (each up to ``max_iter`` evaluations); with ``resume`` (a
+    checkpoint of the same settings) it is the total the resumed run continues to. Other
+    keyword options go to :class:`TextureSynthesis` (``exemplar_size``, ``init``, ``lbfgs``,
+    …). TensorBoard logging is off unless ``logdir`` is given.
     """
     module = TextureSynthesis(
         exemplar, size=size, backbone=backbone, weights=weights, losses=losses, preset=preset,
@@ -112,6 +134,7 @@ def synthesize(
     seconds, log_dir = fit(
         module, steps, logdir=logdir, quiet=quiet, accelerator=accelerator,
         precision=precision, progress_bar=progress_bar, log_images_every=log_images_every,
+        checkpoint=checkpoint, checkpoint_every=checkpoint_every, image_path=image_path, resume=resume,
     )
     with torch.no_grad():
         final = {name: float(value) for name, value in module.compute_losses().items()}

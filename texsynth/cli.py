@@ -48,6 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--preset", help="named recipe, e.g. liu2016 (see `texsynth list`)")
     run.add_argument("--init", help="starting image: sigmoid, uniform, gaussian, random_phase")
     run.add_argument("--seed", type=int, help="random seed (default: drawn and reported)")
+    run.add_argument("--checkpoint-every", type=int, default=0, metavar="N",
+                     help="write a checkpoint every N steps (one is always written on Ctrl-C/SIGTERM)")
+    run.add_argument("--checkpoint", help="checkpoint path (default: OUT's name with .ckpt)")
+    run.add_argument("--resume", metavar="CKPT", help="continue a run from its checkpoint up to --steps in total")
     run.add_argument("--tile", action="store_true", help="make the output seamlessly tileable")
     run.add_argument("--variations", type=int, default=1,
                      help="synthesize K textures at once, saved as OUT_0.png … OUT_{K-1}.png")
@@ -122,6 +126,8 @@ def _synthesize(args: argparse.Namespace) -> int:
     _check_positive("--steps", args.steps)
     _check_positive("--log-images-every", args.log_images_every)
     _check_positive("--variations", args.variations)
+    if args.checkpoint_every < 0:
+        raise InvalidArgumentError(f"--checkpoint-every must be >= 0, got {args.checkpoint_every}")
     if args.max_iter is not None:
         _check_positive("--max-iter", args.max_iter)
     if args.seed is not None and args.seed < 0:
@@ -137,6 +143,7 @@ def _synthesize(args: argparse.Namespace) -> int:
     if args.max_iter:
         lbfgs["max_iter"] = args.max_iter
     trainer = {"accelerator": args.accelerator, "precision": args.precision}
+    checkpoint = Path(args.checkpoint) if args.checkpoint else output.with_suffix(".ckpt")
     result = synthesize(
         args.exemplar,
         steps=args.steps,
@@ -155,6 +162,10 @@ def _synthesize(args: argparse.Namespace) -> int:
         logdir=False if args.no_log else args.logdir,
         log_images_every=args.log_images_every,
         progress_bar=not args.no_progress and not args.json,
+        checkpoint=checkpoint,
+        checkpoint_every=args.checkpoint_every,
+        image_path=output,
+        resume=args.resume,
         **trainer,
     )
     written = result.save(output)
@@ -174,14 +185,19 @@ def _synthesize(args: argparse.Namespace) -> int:
         "size": [module.output_size[1], module.output_size[0]],
         "log_dir": result.log_dir,
         "diverged": module.diverged,
+        "interrupted": module.interrupted,
+        "checkpoint": str(checkpoint) if checkpoint.exists() else None,
         "config": str(config_file),
     }
+    if module.interrupted:
+        print(f"texsynth: interrupted by {module.interrupted} after step {result.steps}; saved {output} and "
+              f"{checkpoint}; continue with --resume {checkpoint}", file=sys.stderr)
     if args.json:
         print(json.dumps(summary))
     else:
         print(f"wrote {', '.join(map(str, written))} ({summary['size'][0]}x{summary['size'][1]}, {result.steps} steps, "
               f"{result.evals} evaluations, {result.seconds:.1f} s, loss {result.losses['total']:.4g})")
-    return 0
+    return EXIT_INTERRUPTED if module.interrupted else 0
 
 
 def _list(args: argparse.Namespace) -> int:

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import random
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -25,7 +27,7 @@ from texsynth._logging import log
 from texsynth.backbones import Backbone
 from texsynth.errors import InvalidArgumentError
 from texsynth.features import FeatureExtractor
-from texsynth.image_io import ImageSource, Size, center_crop_resize, parse_size
+from texsynth.image_io import ImageSource, Size, center_crop_resize, parse_size, save_image
 from texsynth.init import INITS, initial_image
 from texsynth.memory import check_memory
 from texsynth.presets import LBFGS_DEFAULTS, Preset
@@ -127,6 +129,7 @@ class TextureSynthesis(L.LightningModule):
         self.num_evals = 0
         self.num_steps = 0
         self.diverged = False
+        self.interrupted: str | None = None
         self.register_buffer("_last_good_image", self.image.detach().clone(), persistent=False)
         self.loss_history: list[float] = []
         self.last_losses: dict[str, torch.Tensor] = {}
@@ -182,6 +185,47 @@ class TextureSynthesis(L.LightningModule):
     def outputs(self) -> torch.Tensor:
         """All variations as a ``(variations, 3, H, W)`` tensor clipped to [0, 1], on the CPU."""
         return self.image.detach().clamp(0, 1).cpu()
+
+    def save_outputs(self, path: str | os.PathLike) -> list[Path]:
+        """Save the image (atomically); variations go to ``stem_0.png`` … ``stem_{K-1}.png``."""
+        path = Path(path)
+        images = self.outputs()
+        if images.shape[0] == 1:
+            return [save_image(images[0], path)]
+        return [save_image(image, path.with_name(f"{path.stem}_{index}{path.suffix}"))
+                for index, image in enumerate(images)]
+
+    # ------------------------------------------------------------------ checkpoints
+    #: settings that must agree between a checkpoint and the run resuming from it.
+    RESUME_KEYS = ("exemplar_sha256_16", "exemplar_size", "size", "backbone", "losses", "variations",
+                   "tile", "lbfgs")
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["texsynth"] = {
+            "settings": self.describe(),
+            "num_evals": self.num_evals,
+            "num_steps": self.num_steps,
+            "loss_history": list(self.loss_history),
+            "generator_state": self._generator.get_state(),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get("texsynth")
+        if saved is None:
+            raise InvalidArgumentError("checkpoint was not written by texsynth (no 'texsynth' entry)")
+        ours = self.describe()
+        different = [key for key in self.RESUME_KEYS if saved["settings"].get(key) != ours.get(key)]
+        if different:
+            key = different[0]
+            raise InvalidArgumentError(
+                f"checkpoint is for different settings: {key} was {saved['settings'].get(key)!r}, "
+                f"now {ours.get(key)!r}" + (f" (and {len(different) - 1} more)" if len(different) > 1 else "")
+            )
+        self.num_evals = saved["num_evals"]
+        self.num_steps = saved["num_steps"]
+        self.loss_history = list(saved["loss_history"])
+        self._generator.set_state(saved["generator_state"])
+        self._targets_device = None
 
     # ------------------------------------------------------------------ losses
     def _ensure_targets(self) -> None:

@@ -12,6 +12,7 @@ import lightning as L
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from texsynth.callbacks import TensorBoardImages
+from texsynth.checkpointing import AtomicCheckpointIO
 from texsynth.errors import InvalidArgumentError
 
 DEFAULT_LOGDIR = "texsynth_logs"
@@ -64,5 +65,6 @@ def make_trainer(
         enable_progress_bar=progress_bar,
         num_sanity_val_steps=0,
         log_every_n_steps=1,
+        plugins=[AtomicCheckpointIO()],
         **trainer_options,
     )

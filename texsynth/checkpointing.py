@@ -1,0 +1,95 @@
+"""Interruption and resumption: periodic checkpoints, Ctrl-C / SIGTERM at a step boundary.
+
+A checkpoint is Lightning's: the image (the module's only state), the L-BFGS state (history,
+step length, last gradient), the step count, plus texsynth's own counters, loss history and
+settings fingerprint. Files are written atomically, so a crash while saving keeps the
+previous checkpoint.
+
+Signals are deferred to the end of the current L-BFGS step, so the checkpoint is taken at
+a clean step boundary and a resumed run reaches exactly the image an uninterrupted run would
+(on CPU). A second Ctrl-C interrupts at once.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+from texsynth._logging import log
+from texsynth.image_io import atomic_write, save_image
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoint I/O that writes to a temporary file and renames it."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None) -> None:
+        atomic_write(path, lambda stream: torch.save(checkpoint, stream))
+
+
+class SaveAndInterrupt(L.Callback):
+    """Save image + checkpoint every ``every_n_steps`` and when SIGINT/SIGTERM arrives.
+
+    Args:
+        checkpoint_path: where the checkpoint goes (None: no checkpoints).
+        image_path: where the current image goes on interruption (None: not saved).
+        every_n_steps: periodic checkpoints (0: only on interruption).
+    """
+
+    def __init__(self, checkpoint_path: str | os.PathLike | None, image_path: str | os.PathLike | None = None,
+                 every_n_steps: int = 0) -> None:
+        self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
+        self.image_path = Path(image_path) if image_path else None
+        self.every_n_steps = int(every_n_steps)
+        self.requested: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    # ------------------------------------------------------------------ signals
+    def _handle(self, signum: int, _frame: Any) -> None:
+        if self.requested is not None:  # a second signal: stop now
+            self._restore_handlers()
+            raise KeyboardInterrupt
+        self.requested = signum
+        log.warning("%s received: stopping after the current step (press Ctrl-C again to abort now)",
+                    signal.Signals(signum).name)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.requested = None
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.getsignal(signum)
+                signal.signal(signum, self._handle)
+
+    def _restore_handlers(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        self._previous = {}
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._restore_handlers()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._restore_handlers()
+
+    # ------------------------------------------------------------------ saving
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        step = trainer.global_step
+        periodic = self.every_n_steps > 0 and step % self.every_n_steps == 0
+        if self.requested is not None:
+            self.save(trainer, pl_module)
+            pl_module.interrupted = signal.Signals(self.requested).name
+            trainer.should_stop = True
+        elif periodic:
+            self.save(trainer, pl_module)
+
+    def save(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.checkpoint_path is not None:
+            trainer.save_checkpoint(self.checkpoint_path)
+        if self.image_path is not None:
+            pl_module.save_outputs(self.image_path)
