@@ -181,7 +181,7 @@ def _band_pass(image: torch.Tensor) -> torch.Tensor:
 def copy_score(
     preds: torch.Tensor,
     target: torch.Tensor,
-    min_overlap: float = 0.5,
+    min_overlap: float = 0.25,
     scales: tuple[int, ...] = (1, 2, 4),
     min_side: int = 48,
 ) -> torch.Tensor:
