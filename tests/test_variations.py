@@ -55,8 +55,9 @@ def test_cli_writes_one_png_per_variation(tmp_path, capsys):
     code = main(["synthesize", "weave", "--exemplar-size", "32", "-o", str(out), "--variations", "3",
                  "--steps", "1", "--max-iter", "3", "--backbone", "random_pyramid", "--no-log", "--no-progress"])
     assert code == 0, capsys.readouterr().err
-    names = sorted(p.name for p in tmp_path.iterdir())
+    names = sorted(p.name for p in tmp_path.glob("*.png"))
     assert names == ["texture_0.png", "texture_1.png", "texture_2.png"]
+    assert (tmp_path / "texture.texsynth.yaml").exists()
     pixels = []
     for name in names:
         with Image.open(tmp_path / name) as image:
