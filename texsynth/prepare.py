@@ -39,10 +39,6 @@ def prepare_folder(source: str | os.PathLike, destination: str | os.PathLike, si
             tqdm.write(f"texsynth: warning: skipping {error}", file=sys.stderr)
             skipped += 1
             continue
-        side = min(image.shape[-2:])
-        if side < 1:
-            skipped += 1
-            continue
         target = destination / path.relative_to(source).with_suffix(".png")
         save_image(center_crop_resize(image, (size, size)), target)
         written += 1
