@@ -1,11 +1,14 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from texsynth.cli import main
@@ -120,3 +123,71 @@ def test_list_and_example_commands(tmp_path, capsys):
     assert main(["example", "weave", "-o", str(out), "--size", "64"]) == 0
     with Image.open(out) as image:
         assert image.size == (64, 64)
+
+
+@pytest.mark.parametrize("kind", ["directory", "truncated", "too_small", "nan_weight"])
+def test_more_bad_inputs_exit_2_without_output(kind, tmp_path, capsys):
+    import io
+
+    import numpy as np
+
+    out = tmp_path / "never.png"
+    extra: list[str] = []
+    if kind == "directory":
+        exemplar = tmp_path / "folder"
+        exemplar.mkdir()
+        fragment = "is a directory"
+    elif kind == "truncated":
+        buffer = io.BytesIO()
+        Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buffer, "PNG")
+        exemplar = tmp_path / "cut.png"
+        exemplar.write_bytes(buffer.getvalue()[:300])
+        fragment = "cut.png"
+    elif kind == "too_small":
+        exemplar = tmp_path / "tiny.png"
+        Image.new("RGB", (8, 8), "red").save(exemplar)
+        extra = ["--backbone", "vgg19", "--weights", "random"]
+        fragment = "at least 16 pixels"
+    else:
+        exemplar = tmp_path / "ok.png"
+        Image.new("RGB", (16, 16), "red").save(exemplar)
+        extra = ["--loss", "gram=nan"]
+        fragment = "finite"
+    code = main(["synthesize", str(exemplar), "-o", str(out), "--no-log", "--no-progress", *extra])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and fragment in err[0]
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("errno_code", ["ENOSPC", "EROFS"])
+def test_full_or_read_only_disk_is_a_clear_error_and_keeps_earlier_results(tmp_path, capsys, monkeypatch, errno_code):
+    import errno
+
+    earlier = tmp_path / "out.png"
+    earlier.write_bytes(b"earlier result")
+    code_number = getattr(errno, errno_code)
+
+    def failing_mkstemp(*args, **kwargs):
+        raise OSError(code_number, os.strerror(code_number))
+
+    monkeypatch.setattr("texsynth.image_io.tempfile.mkstemp", failing_mkstemp)
+    code = main(["synthesize", "weave", "--exemplar-size", "32", "-o", str(earlier), "--steps", "1",
+                 "--max-iter", "2", "--no-log", "--no-progress", *TINY])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert "cannot write output" in err[0] and os.strerror(code_number) in err[0]
+    assert earlier.read_bytes() == b"earlier result"
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.text(max_size=20))
+def test_loss_option_parsing_never_crashes(text):
+    from texsynth.errors import InvalidArgumentError
+    from texsynth.recipe import parse_loss_argument
+
+    try:
+        name, weight = parse_loss_argument(text)
+    except InvalidArgumentError as error:
+        assert "--loss" in str(error)
+    else:
+        assert name and weight >= 0 and weight == weight

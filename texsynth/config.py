@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from texsynth.errors import InvalidArgumentError
+from texsynth.errors import InvalidArgumentError, OutputWriteError
 from texsynth.image_io import atomic_write
 
 #: keys of a run configuration (CLI option names with ``_`` for ``-``).
@@ -57,7 +57,10 @@ def run_config(module: Any, *, exemplar: str, output: str, steps: int, trainer: 
 
 def write_config(config: dict[str, Any], path: str | os.PathLike) -> Path:
     text = yaml.safe_dump(config, sort_keys=False, default_flow_style=None)
-    return atomic_write(path, lambda stream: stream.write(text.encode()))
+    try:
+        return atomic_write(path, lambda stream: stream.write(text.encode()))
+    except OSError as error:
+        raise OutputWriteError(f"{path}: cannot write the run configuration ({error.strerror or error})") from None
 
 
 def read_config(path: str | os.PathLike) -> dict[str, Any]:
