@@ -80,3 +80,21 @@ def test_a_checkpoint_of_other_settings_is_refused(exemplar, tmp_path):
     garbage.write_bytes(b"nope")
     with pytest.raises(InvalidArgumentError, match="garbage.ckpt"):
         fit(other, 3, logdir=False, progress_bar=False, quiet=True, resume=garbage)
+
+
+def test_sigterm_stops_at_the_end_of_the_step_with_image_and_checkpoint(exemplar, tmp_path):
+    import lightning as L
+
+    class SendSigterm(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.global_step == 2:
+                os.kill(os.getpid(), signal.SIGTERM)  # arrives in the middle of step 3
+
+    module = TextureSynthesis(exemplar, **TINY_BACKBONE, seed=0, lbfgs={"max_iter": 3})
+    checkpoint, image = tmp_path / "run.ckpt", tmp_path / "run.png"
+    previous = signal.getsignal(signal.SIGTERM)
+    fit(module, 10, logdir=False, progress_bar=False, quiet=True, checkpoint=checkpoint, image_path=image,
+        callbacks=[SendSigterm()])
+    assert module.interrupted == "SIGTERM" and module.num_steps == 3
+    assert checkpoint.exists() and image.exists()
+    assert signal.getsignal(signal.SIGTERM) == previous  # handlers restored
