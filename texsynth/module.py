@@ -25,6 +25,7 @@ from torch import nn
 
 from texsynth._logging import log
 from texsynth.backbones import Backbone
+from texsynth.backbones.base import set_circular_padding
 from texsynth.errors import InvalidArgumentError
 from texsynth.features import FeatureExtractor
 from texsynth.image_io import ImageSource, Size, center_crop_resize, parse_size, save_image
@@ -320,11 +321,9 @@ class _Diverged(Exception):
 def make_periodic(backbone: nn.Module, losses: Any) -> None:
     """Circular padding everywhere the backbone pads, periodic spectrum targets."""
     if isinstance(backbone, Backbone):
-        backbone.set_circular_padding(True)
+        backbone.set_circular_padding(True)  # backbones may pad outside Conv2d too
     else:
-        for module in backbone.modules():
-            if isinstance(module, nn.Conv2d) and any(p > 0 for p in torch.nn.modules.utils._pair(module.padding)):
-                module.padding_mode = "circular"
+        set_circular_padding(backbone, True)
     for loss in losses:
         if hasattr(loss, "periodic"):
             loss.periodic = True

@@ -50,9 +50,7 @@ class Backbone(nn.Module):
 
     def set_circular_padding(self, enabled: bool = True) -> None:
         """Make convolutions wrap around the image border (for periodic outputs)."""
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d) and any(p > 0 for p in _as_pair(module.padding)):
-                module.padding_mode = "circular" if enabled else "zeros"
+        set_circular_padding(self, enabled)
 
     @property
     def device(self) -> torch.device:
@@ -77,3 +75,10 @@ def freeze_module(module: nn.Module) -> nn.Module:
             del submodule._parameters[name]
             submodule.register_buffer(name, param.detach(), persistent=False)
     return nn.Module.train(module, False)
+
+
+def set_circular_padding(module: nn.Module, enabled: bool = True) -> None:
+    """Switch every padded ``Conv2d`` in ``module`` to circular (or back to zero) padding."""
+    for submodule in module.modules():
+        if isinstance(submodule, nn.Conv2d) and any(p > 0 for p in _as_pair(submodule.padding)):
+            submodule.padding_mode = "circular" if enabled else "zeros"

@@ -8,7 +8,7 @@ fraction of the cost: at full resolution 3x3, 7x7 and 11x11 banks; at each coars
 bias from a fixed-seed CPU generator (the same network on every machine).
 
 Taps: ``level{i}`` (all ReLU maps of pyramid level ``i``, concatenated) and
-``level{i}_k{k}`` (one bank).
+``level{i}.k{k}`` (one bank).
 """
 
 from __future__ import annotations
@@ -94,8 +94,7 @@ class RandomPyramid(Backbone):
         return output
 
     def min_size(self, layers: Sequence[str]) -> int:
-        deepest = max(int(name[5:].split(".")[0].split("_")[0]) for name in layers)
-        return 3 * 2**deepest  # reflect padding of the blur needs 3 pixels at the coarsest level
+        return 3 * 2 ** _deepest_level(layers)  # reflect padding of the blur needs 3 pixels at the coarsest level
 
     def set_circular_padding(self, enabled: bool = True) -> None:
         super().set_circular_padding(enabled)
@@ -104,11 +103,16 @@ class RandomPyramid(Backbone):
                 module.padding_mode = "circular" if enabled else "reflect"
 
     def prune(self, layers: Sequence[str]) -> None:
-        deepest = max(int(name[5:].split(".")[0].split("_")[0]) for name in layers)
+        deepest = _deepest_level(layers)
         for level in range(deepest + 1, self.levels):
             delattr(self, f"level{level}")
             delattr(self, f"down{level}")
         self.levels = deepest + 1
+
+
+def _deepest_level(layers: Sequence[str]) -> int:
+    """``level2`` / ``level2.k11`` -> 2, the deepest pyramid level among ``layers``."""
+    return max(int(name[len("level"):].split(".")[0]) for name in layers)
 
 
 @register_backbone("random_pyramid")
