@@ -144,6 +144,7 @@ def _synthesize(args: argparse.Namespace) -> int:
         lbfgs["max_iter"] = args.max_iter
     trainer = {"accelerator": args.accelerator, "precision": args.precision}
     checkpoint = Path(args.checkpoint) if args.checkpoint else output.with_suffix(".ckpt")
+    checkpoint_before = _modified(checkpoint)
     result = synthesize(
         args.exemplar,
         steps=args.steps,
@@ -186,7 +187,8 @@ def _synthesize(args: argparse.Namespace) -> int:
         "log_dir": result.log_dir,
         "diverged": module.diverged,
         "interrupted": module.interrupted,
-        "checkpoint": str(checkpoint) if checkpoint.exists() else None,
+        # only a checkpoint this run wrote, not one left by an earlier run
+        "checkpoint": str(checkpoint) if _modified(checkpoint) not in (None, checkpoint_before) else None,
         "config": str(config_file),
     }
     if module.interrupted:
@@ -248,6 +250,10 @@ _COMMANDS = {
     "download-weights": _download_weights,
     "prepare": _prepare,
 }
+
+
+def _modified(path: Path) -> int | None:
+    return path.stat().st_mtime_ns if path.exists() else None
 
 
 def _check_positive(option: str, value: int) -> None:
