@@ -157,3 +157,12 @@ def test_save_image_creates_directories_and_reports_unwritable_paths(tmp_path):
     blocker.write_text("x")
     with pytest.raises(OutputWriteError, match="cannot write output"):
         save_image(torch.rand(3, 8, 8), blocker / "inside.png")
+
+
+def test_outputs_get_the_usual_file_mode_not_the_temporary_files(tmp_path):
+    mask = os.umask(0o022)
+    try:
+        path = save_image(torch.rand(3, 8, 8), tmp_path / "out.png")
+    finally:
+        os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o644

@@ -111,6 +111,7 @@ def synthesize(
     logdir: str | os.PathLike | None | bool = False,
     log_images_every: int = 10,
     accelerator: str = "auto",
+    devices: int | str | list[int] = 1,
     precision: str | int | None = "32-true",
     progress_bar: bool = False,
     quiet: bool = True,
@@ -132,7 +133,7 @@ def synthesize(
         seed=seed, **module_options,
     )
     seconds, log_dir = fit(
-        module, steps, logdir=logdir, quiet=quiet, accelerator=accelerator,
+        module, steps, logdir=logdir, quiet=quiet, accelerator=accelerator, devices=devices,
         precision=precision, progress_bar=progress_bar, log_images_every=log_images_every,
         checkpoint=checkpoint, checkpoint_every=checkpoint_every, image_path=image_path, resume=resume,
     )

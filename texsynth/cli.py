@@ -19,6 +19,7 @@ from texsynth.errors import InvalidArgumentError, TexsynthError
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+EXIT_ITEMS_FAILED = 1  # `texsynth batch`: some items failed (the manifest says why)
 DEFAULT_STEPS = 8
 
 
@@ -35,35 +36,30 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("synthesize", help="synthesize a texture from an exemplar image")
     run.add_argument("exemplar", nargs="?", help="image file, or a bundled example name (see `texsynth list`)")
     run.add_argument("-o", "--output", help="output image path (PNG)")
-    run.add_argument("--config", help="YAML run configuration (as written next to every output); "
-                     "options given here override it")
-    run.add_argument("--size", help="output size: N or WIDTHxHEIGHT (default: the exemplar's)")
-    run.add_argument("--exemplar-size", help="centre-crop and resize the exemplar first: N or WxH")
-    run.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="L-BFGS steps (each up to max-iter evaluations)")
-    run.add_argument("--max-iter", type=int, help="L-BFGS evaluations per step (default 20)")
-    run.add_argument("--backbone", help="backbone name (default: vgg19 if its weights are cached, else weight-free)")
-    run.add_argument("--weights", help="backbone weights: 'imagenet', 'random' or a state-dict path")
-    run.add_argument("--loss", action="append", default=[], metavar="NAME=WEIGHT",
-                     help="set a loss weight (adds the loss if new, 0 removes it); repeatable")
-    run.add_argument("--preset", help="named recipe, e.g. liu2016 (see `texsynth list`)")
-    run.add_argument("--init", help="starting image: sigmoid, uniform, gaussian, random_phase")
-    run.add_argument("--seed", type=int, help="random seed (default: drawn and reported)")
-    run.add_argument("--checkpoint-every", type=int, default=0, metavar="N",
-                     help="write a checkpoint every N steps (one is always written on Ctrl-C/SIGTERM)")
+    _add_synthesis_options(run)
     run.add_argument("--checkpoint", help="checkpoint path (default: OUT's name with .ckpt)")
     run.add_argument("--resume", metavar="CKPT", help="continue a run from its checkpoint up to --steps in total")
-    run.add_argument("--tile", action="store_true", help="make the output seamlessly tileable")
     run.add_argument("--variations", type=int, default=1,
                      help="synthesize K textures at once, saved as OUT_0.png … OUT_{K-1}.png")
     run.add_argument("--logdir", default="texsynth_logs", help="TensorBoard log directory")
     run.add_argument("--no-log", action="store_true", help="disable TensorBoard logging")
-    run.add_argument("--log-images-every", type=int, default=10, help="log the image every N steps")
     run.add_argument("--accelerator", default="auto", help="Lightning accelerator: auto, cpu, gpu, …")
-    run.add_argument("--precision", default="32-true", help="Lightning precision, e.g. 32-true, bf16-mixed")
-    run.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
-                     help="import a module or .py file first (registers user losses/backbones)")
     run.add_argument("--json", action="store_true", help="print a one-line JSON summary")
     run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    many = commands.add_parser("batch", help="synthesize every image of a folder, on several devices/nodes")
+    many.add_argument("source", metavar="SRC", help="folder of exemplars (searched recursively)")
+    many.add_argument("out", metavar="OUT", help="output folder: images (same relative layout) and manifest.jsonl")
+    _add_synthesis_options(many)
+    many.add_argument("--variations", type=int, default=1,
+                      help="K variations per exemplar (seeds SEED … SEED+K-1), each its own work item")
+    many.add_argument("--accelerator", default="auto", help="Lightning accelerator: auto, cpu, gpu, …")
+    many.add_argument("--devices", default="1", help="processes (devices) per node: N, or auto")
+    many.add_argument("--num-nodes", type=int, default=1, help="number of nodes (machines)")
+    many.add_argument("--strategy", help="Lightning Fabric strategy (default: ddp when several processes)")
+    many.add_argument("--logdir", help="TensorBoard log directory, one run per item (default: no logging)")
+    many.add_argument("--json", action="store_true", help="print a one-line JSON summary (rank 0)")
+    many.add_argument("--no-progress", action="store_true", help="no batch progress lines")
 
     listing = commands.add_parser("list", help="list losses, backbones, presets and bundled examples")
     listing.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE")
@@ -80,16 +76,41 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("source", help="folder to read (recursively)")
     prepare.add_argument("destination", help="folder to write PNGs to (same relative layout)")
     prepare.add_argument("--size", type=int, default=256, help="output side in pixels")
-    parser.synthesize_parser = run  # type: ignore[attr-defined]
+    parser.command_parsers = {"synthesize": run, "batch": many}  # type: ignore[attr-defined]
     return parser
+
+
+def _add_synthesis_options(command: argparse.ArgumentParser) -> None:
+    """Options shared by ``synthesize`` and ``batch``: what to make and how."""
+    command.add_argument("--config", help="YAML run configuration (as written next to every output); "
+                         "options given here override it")
+    command.add_argument("--size", help="output size: N or WIDTHxHEIGHT (default: the exemplar's)")
+    command.add_argument("--exemplar-size", help="centre-crop and resize the exemplar first: N or WxH")
+    command.add_argument("--steps", type=int, default=DEFAULT_STEPS,
+                         help="L-BFGS steps (each up to max-iter evaluations)")
+    command.add_argument("--max-iter", type=int, help="L-BFGS evaluations per step (default 20)")
+    command.add_argument("--backbone", help="backbone name (default: vgg19 if its weights are cached, else weight-free)")
+    command.add_argument("--weights", help="backbone weights: 'imagenet', 'random' or a state-dict path")
+    command.add_argument("--loss", action="append", default=[], metavar="NAME=WEIGHT",
+                         help="set a loss weight (adds the loss if new, 0 removes it); repeatable")
+    command.add_argument("--preset", help="named recipe, e.g. liu2016 (see `texsynth list`)")
+    command.add_argument("--init", help="starting image: sigmoid, uniform, gaussian, random_phase")
+    command.add_argument("--seed", type=int, help="random seed (default: drawn and reported)")
+    command.add_argument("--tile", action="store_true", help="make the output seamlessly tileable")
+    command.add_argument("--checkpoint-every", type=int, default=0, metavar="N",
+                         help="write a checkpoint every N steps (one is always written on Ctrl-C/SIGTERM)")
+    command.add_argument("--log-images-every", type=int, default=10, help="log the image every N steps")
+    command.add_argument("--precision", default="32-true", help="Lightning precision, e.g. 32-true, bf16-mixed")
+    command.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                         help="import a module or .py file first (registers user losses/backbones)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        if args.command == "synthesize" and args.config:
-            args = _apply_config(parser, argv, args.config)
+        if getattr(args, "config", None):
+            args = _apply_config(parser, argv, args.command, args.config)
         return _COMMANDS[args.command](args)
     except TexsynthError as error:
         print(f"texsynth: error: {error}", file=sys.stderr)
@@ -99,12 +120,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
 
 
-def _apply_config(parser: argparse.ArgumentParser, argv: Sequence[str] | None, path: str) -> argparse.Namespace:
+def _apply_config(parser: argparse.ArgumentParser, argv: Sequence[str] | None, command: str,
+                  path: str) -> argparse.Namespace:
     """Re-parse with the file's values as defaults, so command-line options win."""
     from texsynth.config import read_config
 
     config = read_config(path)
-    run = parser.synthesize_parser  # type: ignore[attr-defined]
+    run = parser.command_parsers[command]  # type: ignore[attr-defined]
     dests = {action.dest for action in run._actions}
     run.set_defaults(**{key: value for key, value in config.items() if key in dests})
     args = parser.parse_args(argv)
@@ -112,15 +134,10 @@ def _apply_config(parser: argparse.ArgumentParser, argv: Sequence[str] | None, p
     return args
 
 
-def _synthesize(args: argparse.Namespace) -> int:
-    from texsynth.api import synthesize
-    from texsynth.config import config_path_for, run_config, write_config
+def _recipe_options(args: argparse.Namespace) -> dict[str, object]:
+    """Check the shared synthesis options; return the module's recipe keywords."""
     from texsynth.recipe import merge_loss_weights, parse_loss_argument
 
-    if not args.exemplar:
-        raise InvalidArgumentError("missing EXEMPLAR (an image path or a bundled example name)")
-    if not args.output:
-        raise InvalidArgumentError("missing -o/--output")
     extras = getattr(args, "config_extras", {})
     _import_plugins(args.imports)
     _check_positive("--steps", args.steps)
@@ -132,34 +149,46 @@ def _synthesize(args: argparse.Namespace) -> int:
         _check_positive("--max-iter", args.max_iter)
     if args.seed is not None and args.seed < 0:
         raise InvalidArgumentError(f"--seed must be >= 0, got {args.seed}")
+    weights_given = dict(parse_loss_argument(text) for text in args.loss)
+    lbfgs = dict(extras.get("lbfgs") or {})
+    if args.max_iter:
+        lbfgs["max_iter"] = args.max_iter
+    return {
+        "size": args.size,
+        "exemplar_size": args.exemplar_size,
+        "backbone": args.backbone,
+        "weights": args.weights,
+        "losses": merge_loss_weights(extras.get("losses"), weights_given),
+        "preset": args.preset,
+        "init": args.init,
+        "tile": args.tile,
+        "backbone_options": extras.get("backbone_options"),
+        "lbfgs": lbfgs or None,
+    }
+
+
+def _synthesize(args: argparse.Namespace) -> int:
+    from texsynth.api import synthesize
+    from texsynth.config import config_path_for, run_config, write_config
+
+    if not args.exemplar:
+        raise InvalidArgumentError("missing EXEMPLAR (an image path or a bundled example name)")
+    if not args.output:
+        raise InvalidArgumentError("missing -o/--output")
+    recipe = _recipe_options(args)
     output = Path(args.output)
     if Path(args.exemplar).exists() and output.resolve() == Path(args.exemplar).resolve():
         raise InvalidArgumentError(f"--output {output} is the exemplar itself; refusing to overwrite it")
     if output.is_dir():
         raise InvalidArgumentError(f"--output {output} is a directory; give a file name")
-    weights_given = dict(parse_loss_argument(text) for text in args.loss)
-    losses = merge_loss_weights(extras.get("losses"), weights_given)
-    lbfgs = dict(extras.get("lbfgs") or {})
-    if args.max_iter:
-        lbfgs["max_iter"] = args.max_iter
     trainer = {"accelerator": args.accelerator, "precision": args.precision}
     checkpoint = Path(args.checkpoint) if args.checkpoint else output.with_suffix(".ckpt")
     checkpoint_before = _modified(checkpoint)
     result = synthesize(
         args.exemplar,
         steps=args.steps,
-        size=args.size,
-        exemplar_size=args.exemplar_size,
-        backbone=args.backbone,
-        weights=args.weights,
-        losses=losses,
-        preset=args.preset,
         seed=args.seed,
-        init=args.init,
         variations=args.variations,
-        tile=args.tile,
-        backbone_options=extras.get("backbone_options"),
-        lbfgs=lbfgs or None,
         logdir=False if args.no_log else args.logdir,
         log_images_every=args.log_images_every,
         progress_bar=not args.no_progress and not args.json,
@@ -167,6 +196,7 @@ def _synthesize(args: argparse.Namespace) -> int:
         checkpoint_every=args.checkpoint_every,
         image_path=output,
         resume=args.resume,
+        **recipe,
         **trainer,
     )
     written = result.save(output)
@@ -200,6 +230,35 @@ def _synthesize(args: argparse.Namespace) -> int:
         print(f"wrote {', '.join(map(str, written))} ({summary['size'][0]}x{summary['size'][1]}, {result.steps} steps, "
               f"{result.evals} evaluations, {result.seconds:.1f} s, loss {result.losses['total']:.4g})")
     return EXIT_INTERRUPTED if module.interrupted else 0
+
+
+def _batch(args: argparse.Namespace) -> int:
+    from texsynth.batching import batch
+
+    recipe = _recipe_options(args)
+    devices: int | str = args.devices if args.devices == "auto" else _positive_int("--devices", args.devices)
+    _check_positive("--num-nodes", args.num_nodes)
+    result = batch(
+        args.source, args.out, variations=args.variations, steps=args.steps, seed=args.seed or 0,
+        accelerator=args.accelerator, devices=devices, num_nodes=args.num_nodes, strategy=args.strategy,
+        precision=args.precision, logdir=args.logdir, log_images_every=args.log_images_every,
+        checkpoint_every=args.checkpoint_every, progress=not args.no_progress, **recipe,
+    )
+    if result.rank != 0:
+        return EXIT_INTERRUPTED if result.interrupted else 0
+    summary = {"total": result.total, "to_do": result.to_do, "done": result.done, "failed": result.failed,
+               "processes": result.world_size, "seconds": round(result.seconds, 3),
+               "manifest": str(result.manifest), "failures": [
+                   {"exemplar": r["exemplar"], "variation": r["variation"], "error": r["error"]}
+                   for r in result.failures]}
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"batch: {result.done}/{result.total} done, {result.failed} failed, on {result.world_size} "
+              f"process(es) in {result.seconds:.1f} s; manifest {result.manifest}")
+    if result.interrupted:
+        return EXIT_INTERRUPTED
+    return EXIT_ITEMS_FAILED if result.failed or not result.complete else 0
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -245,6 +304,7 @@ def _download_weights(args: argparse.Namespace) -> int:
 
 _COMMANDS = {
     "synthesize": _synthesize,
+    "batch": _batch,
     "list": _list,
     "example": _example,
     "download-weights": _download_weights,
@@ -259,6 +319,15 @@ def _modified(path: Path) -> int | None:
 def _check_positive(option: str, value: int) -> None:
     if value < 1:
         raise InvalidArgumentError(f"{option} must be a positive integer, got {value}")
+
+
+def _positive_int(option: str, text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise InvalidArgumentError(f"{option} must be a positive integer or auto, got {text!r}") from None
+    _check_positive(option, value)
+    return value
 
 
 def _import_plugins(names: Sequence[str]) -> None:

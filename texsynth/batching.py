@@ -1,0 +1,346 @@
+"""Synthesizing whole folders of exemplars on many processes: ``texsynth batch``.
+
+Every exemplar under the source folder times ``variations`` is an independent work item.
+Lightning Fabric launches the processes (``torchrun``, SLURM or its own launcher, as for any
+Lightning job) and sets up the process group; rank 0 reads the manifest, decides which items
+are still to do and broadcasts that list; each rank takes every ``world_size``-th item of it
+(deterministic and disjoint) and synthesizes them one at a time with its own single-device
+Trainer. Images are independent, so nothing else is exchanged between ranks: no gradient
+all-reduce, only that broadcast and the final barrier.
+
+Results go to ``OUT/<exemplar's relative path>.png`` (``_<k>`` before the suffix with several
+variations) and one manifest line per item (:mod:`texsynth.manifest`). An item is done when
+its latest manifest record says so and its output exists, so a re-run (after preemption, or
+after deleting some outputs) does exactly the missing items. SIGTERM/SIGINT stop a rank at
+the end of its current L-BFGS step with a checkpoint, which the next run resumes from.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from contextlib import nullcontext
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from texsynth._logging import log
+from texsynth.errors import InvalidArgumentError, TexsynthError
+from texsynth.manifest import DONE, FAILED, INTERRUPTED, MANIFEST_NAME, Manifest
+from texsynth.recipe import default_preset_name
+
+#: file suffixes taken as exemplars; anything else in the source folder is ignored.
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
+#: where interrupted items keep their checkpoints, inside the output folder.
+CHECKPOINT_DIR = ".texsynth-checkpoints"
+#: how long a rank that finished its share waits at the final barrier for the others.
+BARRIER_TIMEOUT = timedelta(days=2)
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """One synthesis: an exemplar (relative to the source folder) and a variation index."""
+
+    exemplar: str
+    variation: int
+    output: str  # relative to the output folder
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return self.exemplar, self.variation
+
+
+@dataclass
+class BatchResult:
+    """What a batch run did, as seen by this rank (rank 0 also counts the whole batch)."""
+
+    total: int
+    done: int
+    failed: int
+    to_do: int  # items this run set out to do (the rest were already done)
+    processed_here: int
+    seconds: float
+    manifest: Path
+    rank: int = 0
+    world_size: int = 1
+    interrupted: bool = False
+    failures: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return self.done == self.total
+
+
+def find_exemplars(source: str | os.PathLike, exclude: str | os.PathLike | None = None) -> list[str]:
+    """Image files under ``source`` (recursively), as sorted POSIX paths relative to it."""
+    root = Path(source)
+    if not root.is_dir():
+        raise InvalidArgumentError(f"SRC {root}: not a directory" if root.exists() else f"SRC {root}: no such directory")
+    skip = Path(exclude).resolve() if exclude is not None else None
+    found = []
+    for path in root.rglob("*"):
+        if path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file():
+            continue
+        if skip is not None and skip in path.resolve().parents:
+            continue  # the output folder inside the source folder
+        found.append(path.relative_to(root).as_posix())
+    if not found:
+        raise InvalidArgumentError(f"SRC {root}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return sorted(found)
+
+
+def output_name(exemplar: str, variation: int, variations: int) -> str:
+    """``a/b.jpg`` -> ``a/b.png``, or ``a/b_<k>.png`` when there are several variations."""
+    stem = exemplar.rsplit(".", 1)[0]
+    return f"{stem}.png" if variations == 1 else f"{stem}_{variation}.png"
+
+
+def work_items(exemplars: list[str], variations: int) -> list[WorkItem]:
+    return [WorkItem(name, k, output_name(name, k, variations)) for name in exemplars for k in range(variations)]
+
+
+def split_items(items: list[WorkItem], rank: int, world_size: int) -> list[WorkItem]:
+    """This rank's share: every ``world_size``-th item from ``rank`` (disjoint, covering)."""
+    if not 0 <= rank < world_size:
+        raise InvalidArgumentError(f"rank {rank} is outside a world of size {world_size}")
+    return items[rank::world_size]
+
+
+def pending_items(items: list[WorkItem], manifest: Manifest, out: Path) -> list[WorkItem]:
+    """Items whose latest record is not ``done`` or whose output has disappeared."""
+    latest = manifest.latest()
+    return [
+        item for item in items
+        if latest.get(item.key, {}).get("status") != DONE or not (out / item.output).is_file()
+    ]
+
+
+class BatchProgress:
+    """Rank 0's view of the whole batch, read from the manifest every ``interval`` seconds."""
+
+    def __init__(self, manifest: Manifest, items: list[WorkItem], already_done: int, interval: float = 5.0) -> None:
+        self.manifest = manifest
+        self.keys = {item.key for item in items}
+        self.total = len(items)
+        self.already_done = already_done
+        self.interval = interval
+        self.start = time.time()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="texsynth-batch-progress", daemon=True)
+        self._last: tuple[int, int] | None = None
+
+    def counts(self) -> tuple[int, int]:
+        """(done, failed) over the whole batch."""
+        done = failed = 0
+        for key, record in self.manifest.latest().items():
+            if key in self.keys:
+                done += record.get("status") == DONE
+                failed += record.get("status") == FAILED
+        return done, failed
+
+    def line(self, done: int, failed: int) -> str:
+        elapsed = time.time() - self.start
+        finished_now = max(done + failed - self.already_done, 0)
+        text = f"batch: {done}/{self.total} done"
+        if failed:
+            text += f", {failed} failed"
+        if finished_now and elapsed > 0:
+            rate = finished_now / elapsed
+            remaining = max(self.total - done - failed, 0)
+            text += f" · {rate * 3600:.1f} items/h · ETA {timedelta(seconds=round(remaining / rate))}"
+        return text
+
+    def report(self) -> None:
+        counts = self.counts()
+        if counts != self._last:
+            self._last = counts
+            log.info(self.line(*counts))
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.report()
+
+    def __enter__(self) -> BatchProgress:
+        self.report()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.report()
+
+
+@dataclass
+class _Job:
+    """Everything a rank needs; plain data, so it can be sent to spawned processes."""
+
+    source: Path
+    out: Path
+    variations: int
+    steps: int
+    seed: int
+    logdir: str | None
+    log_images_every: int
+    precision: Any
+    progress: bool
+    progress_interval: float
+    checkpoint_every: int
+    module_options: dict[str, Any]
+
+
+def batch(
+    source: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    variations: int = 1,
+    steps: int = 8,
+    seed: int = 0,
+    accelerator: str = "auto",
+    devices: int | str = 1,
+    num_nodes: int = 1,
+    strategy: Any = None,
+    precision: str | int | None = "32-true",
+    logdir: str | os.PathLike | None = None,
+    log_images_every: int = 10,
+    checkpoint_every: int = 0,
+    progress: bool = True,
+    progress_interval: float = 5.0,
+    **module_options: Any,
+) -> BatchResult:
+    """Synthesize every image under ``source`` (``variations`` times each) into ``out``.
+
+    Runs on ``devices`` x ``num_nodes`` processes launched by Lightning Fabric; with more
+    than one, this script is started again once per extra local rank (as Lightning does for
+    ``Trainer(strategy="ddp")``), or the processes come from ``torchrun``/SLURM. Variation
+    ``k`` of every exemplar uses seed ``seed + k``, whichever rank runs it. Other keyword
+    options go to :class:`~texsynth.TextureSynthesis` (``size``, ``preset``, ``losses``, …).
+    Returns on every rank; rank 0's result counts the whole batch.
+    """
+    from lightning.fabric import Fabric
+
+    source, out = Path(source), Path(out)
+    for name, value in (("variations", variations), ("steps", steps), ("devices", devices), ("num_nodes", num_nodes)):
+        if isinstance(value, int) and (isinstance(value, bool) or value < 1):
+            raise InvalidArgumentError(f"{name} must be a positive integer, got {value!r}")
+    if seed < 0:
+        raise InvalidArgumentError(f"seed must be >= 0, got {seed}")
+    if out.exists() and not out.is_dir():
+        raise InvalidArgumentError(f"OUT {out}: exists and is not a directory")
+    if source.exists() and out.resolve() == source.resolve():
+        raise InvalidArgumentError(f"OUT {out} is SRC; write the results to another folder")
+    find_exemplars(source, exclude=out)  # fail before launching processes
+    if module_options.get("preset") is None and module_options.get("backbone") is None:
+        module_options["preset"] = default_preset_name()  # decided (and reported) once, not per item
+    job = _Job(source, out, variations, steps, seed, str(logdir) if logdir else None, log_images_every,
+               precision, progress, progress_interval, checkpoint_every, module_options)
+    fabric = Fabric(accelerator=accelerator, devices=devices, num_nodes=num_nodes,
+                    strategy=_strategy(strategy, devices, num_nodes))
+    return fabric.launch(_run_rank, job)
+
+
+def _strategy(strategy: Any, devices: int | str, num_nodes: int) -> Any:
+    """DDP's launcher and process group, with a barrier that outwaits long items."""
+    if strategy is not None:
+        return strategy
+    if devices == 1 and num_nodes == 1:
+        return "auto"
+    from lightning.fabric.strategies import DDPStrategy
+
+    return DDPStrategy(timeout=BARRIER_TIMEOUT)
+
+
+def _run_rank(fabric: Any, job: _Job) -> BatchResult:
+    start = time.time()
+    rank, world_size = fabric.global_rank, fabric.world_size
+    local_processes = getattr(fabric.strategy, "num_processes", 1)
+    if fabric.device.type == "cpu" and local_processes > 1 and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_processes))  # no oversubscription
+    manifest = Manifest(job.out / MANIFEST_NAME)
+    items = work_items(find_exemplars(job.source, exclude=job.out), job.variations)
+    pending = pending_items(items, manifest, job.out) if rank == 0 else None
+    if world_size > 1:
+        pending = fabric.broadcast(pending, src=0)  # every rank splits the same list
+    mine = split_items(pending, rank, world_size)
+    if rank == 0:
+        log.info("batch: %d item(s), %d to do, %d already done; %d process(es)", len(items), len(pending),
+                 len(items) - len(pending), world_size)
+
+    processed, interrupted = 0, False
+    reporter = BatchProgress(manifest, items, len(items) - len(pending), job.progress_interval)
+    with reporter if rank == 0 and job.progress else nullcontext():
+        for item in mine:
+            record = _synthesize_item(item, job, fabric.device, rank)
+            manifest.append(record)
+            processed += 1
+            if record["status"] == FAILED:
+                log.warning("%s: failed: %s", item.exemplar, record["error"])
+            if record["status"] == INTERRUPTED:
+                interrupted = True
+                break
+        if world_size > 1:
+            fabric.barrier()
+    failures: list[dict[str, Any]] = []
+    done = failed = 0
+    if rank == 0:
+        manifest.compact(item.key for item in items)
+        latest = manifest.latest()
+        statuses = [latest.get(item.key, {}).get("status") for item in items]
+        done, failed = statuses.count(DONE), statuses.count(FAILED)
+        failures = [latest[item.key] for item, status in zip(items, statuses) if status == FAILED]
+    return BatchResult(total=len(items), done=done, failed=failed, to_do=len(pending), processed_here=processed,
+                       seconds=time.time() - start, manifest=manifest.path, rank=rank, world_size=world_size,
+                       interrupted=interrupted, failures=failures)
+
+
+def _trainer_device(device: torch.device) -> dict[str, Any]:
+    """A single-device Trainer on exactly this rank's device (never DDP)."""
+    if device.type == "cuda":
+        return {"accelerator": "gpu", "devices": [device.index or 0]}
+    return {"accelerator": device.type, "devices": 1}
+
+
+def _synthesize_item(item: WorkItem, job: _Job, device: torch.device, rank: int) -> dict[str, Any]:
+    from texsynth.api import synthesize
+
+    seed = job.seed + item.variation
+    output = job.out / item.output
+    checkpoint = job.out / CHECKPOINT_DIR / (item.output + ".ckpt")
+    record: dict[str, Any] = {"exemplar": item.exemplar, "variation": item.variation, "output": item.output,
+                              "status": FAILED, "seed": seed, "rank": rank, "steps": 0, "evals": 0,
+                              "seconds": 0.0, "losses": None, "error": None}
+    start = time.time()
+    options = dict(
+        steps=job.steps, seed=seed, logdir=job.logdir or False, log_images_every=job.log_images_every,
+        precision=job.precision, progress_bar=False, quiet=True, checkpoint=checkpoint,
+        checkpoint_every=job.checkpoint_every, **_trainer_device(device), **job.module_options,
+    )
+    try:
+        try:
+            result = synthesize(job.source / item.exemplar, resume=checkpoint if checkpoint.is_file() else None,
+                                **options)
+        except InvalidArgumentError as error:
+            if not checkpoint.is_file() or "--resume" not in str(error):
+                raise
+            log.warning("%s: ignoring its checkpoint (%s); starting again", item.exemplar, error)
+            checkpoint.unlink()
+            result = synthesize(job.source / item.exemplar, **options)
+        record.update(steps=result.steps, evals=result.evals, losses=result.losses,
+                      diverged=result.module.diverged)
+        if result.module.interrupted:
+            record.update(status=INTERRUPTED, error=f"stopped by {result.module.interrupted}; resumes from "
+                                                     f"{checkpoint.relative_to(job.out).as_posix()}")
+        else:
+            result.save(output)
+            checkpoint.unlink(missing_ok=True)
+            record["status"] = DONE
+    except TexsynthError as error:
+        record["error"] = str(error)
+    except Exception as error:  # an item must not take the batch down; the manifest says what happened
+        record["error"] = f"{type(error).__name__}: {error}".splitlines()[0]
+    record["seconds"] = round(time.time() - start, 3)
+    return record
