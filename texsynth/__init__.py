@@ -7,6 +7,7 @@ plugins found by name.
 
 from texsynth import _logging  # noqa: F401  (configures the "texsynth" logger)
 from texsynth.api import SynthesisResult, TextureSynthesisCNN, synthesize
+from texsynth.batching import BatchResult, batch
 from texsynth.errors import (
     ImageLoadError,
     InvalidArgumentError,
@@ -22,6 +23,7 @@ from texsynth.presets import Preset, list_presets, register_preset
 __version__ = "0.1.0"
 
 __all__ = [
+    "BatchResult",
     "ImageLoadError",
     "InvalidArgumentError",
     "OutputWriteError",
@@ -31,6 +33,7 @@ __all__ = [
     "TextureSynthesis",
     "TextureSynthesisCNN",
     "WeightsUnavailableError",
+    "batch",
     "list_examples",
     "list_presets",
     "load_example",
