@@ -43,7 +43,7 @@ def _source(folder, names=("bricks", "weave", "cells"), corrupt: bool = True):
 
 
 def _run(src, out, **options):
-    return batch(src, out, steps=1, accelerator="cpu", progress=False, **{**TINY, **options})
+    return batch(src, out, accelerator="cpu", progress=False, **{**TINY, "steps": 1, **options})
 
 
 @given(st.integers(0, 40), st.integers(1, 6))
@@ -209,3 +209,31 @@ def test_two_cpu_processes_split_the_items_and_a_rerun_after_a_crash_does_only_t
     assert {name: (out / name).stat().st_mtime_ns for name in untouched} == untouched
     final = Manifest(out / "manifest.jsonl").records()
     assert len(final) == 5 and {r["exemplar"] for r in final} == set(find_exemplars(src))
+
+
+def test_a_preempted_item_is_checkpointed_and_the_next_run_resumes_it(tmp_path, monkeypatch):
+    import signal
+
+    from texsynth.checkpointing import SaveAndInterrupt
+
+    src, out = _source(tmp_path / "src", names=("bricks", "weave"), corrupt=False), tmp_path / "out"
+    original = SaveAndInterrupt.on_train_batch_end
+
+    def sigterm_after_first_step(self, trainer, pl_module, *args):
+        self.requested = signal.SIGTERM  # as if SLURM preempted the job during step 1
+        original(self, trainer, pl_module, *args)
+
+    monkeypatch.setattr(SaveAndInterrupt, "on_train_batch_end", sigterm_after_first_step)
+    first = _run(src, out, steps=3)
+    assert first.interrupted and first.processed_here == 1 and first.done == 0
+    record = Manifest(out / "manifest.jsonl").latest()[("bricks.png", 0)]
+    assert record["status"] == "interrupted" and record["steps"] == 1
+    checkpoint = out / ".texsynth-checkpoints" / "bricks.png.ckpt"
+    assert checkpoint.is_file() and not (out / "bricks.png").exists()
+
+    monkeypatch.setattr(SaveAndInterrupt, "on_train_batch_end", original)
+    second = _run(src, out, steps=3)
+    assert (second.done, second.to_do, second.interrupted) == (2, 2, False)
+    resumed = Manifest(out / "manifest.jsonl").latest()[("bricks.png", 0)]
+    assert resumed["status"] == "done" and resumed["steps"] == 3
+    assert not checkpoint.exists()
