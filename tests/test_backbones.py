@@ -83,6 +83,23 @@ def test_vgg19_min_size_and_pruning(vgg_random):
     assert not hasattr(pruned, "conv3_1") and hasattr(pruned, "pool2")
 
 
+def test_pruned_vgg19_runs_relus_in_place_except_after_a_tapped_layer():
+    backbone = create_backbone("vgg19", weights="random")
+    layers = ["conv1_1", "relu1_2", "conv2_2", "pool2"]
+    backbone.prune(layers)
+    in_place = {name for name, m in backbone.named_children() if getattr(m, "inplace", False)}
+    assert in_place == {"relu1_2", "relu2_1"}  # relu1_1 and relu2_2 follow tapped convolutions
+    x = torch.rand(1, 3, 32, 32, requires_grad=True)
+    features = FeatureExtractor(backbone, layers)(x)
+    assert (features["conv1_1"] < 0).any() and (features["conv2_2"] < 0).any()
+    reference = FeatureExtractor(create_backbone("vgg19", weights="random"), layers)(x)
+    for name in layers:
+        torch.testing.assert_close(features[name], reference[name])
+    grad_pruned = torch.autograd.grad(sum(f.square().sum() for f in features.values()), x)[0]
+    grad_reference = torch.autograd.grad(sum(f.square().sum() for f in reference.values()), x)[0]
+    torch.testing.assert_close(grad_pruned, grad_reference)
+
+
 def _partial_state_dict(seed: int = 3) -> dict[str, torch.Tensor]:
     """torchvision-style keys for conv1_1 and conv1_2 only (everything up to pool1)."""
     features = _torchvision_features(seed)

@@ -1,0 +1,258 @@
+"""Cost per loss evaluation: the hardware floor, texsynth, and the reference's recipe.
+
+Measured side by side in one process, on the same exemplar and size, repetitions
+interleaved (floor, texsynth, reference, floor, …) and the median kept, so drifts of the
+machine hit every row alike:
+
+- **floor**: the frozen backbone's forward to the deepest needed layer, backward to the
+  image, and the loss arithmetic, in a bare PyTorch loop (no optimizer, no framework);
+- **floor + L-BFGS**: the same closure driven by a bare ``torch.optim.LBFGS`` loop (what any
+  L-BFGS synthesis must pay on top of the floor);
+- **texsynth**: :class:`~texsynth.TextureSynthesis` run by a Lightning ``Trainer``
+  (``texsynth.api.fit``), timed from the first to the last L-BFGS step, per evaluation;
+- **reference**: the reference recipe re-expressed in plain PyTorch with the costs
+  ``../shared/SEED.md`` lists: a synthesis VGG19 copy with trainable weights (its backward
+  also computes weight gradients), a second copy for the exemplar, L-BFGS defaults, and one
+  extra loss evaluation per epoch for the progress bar.
+
+The reference recipe is VGG19 at its numerics (``liu2016`` preset). Without ImageNet weights
+(none can be downloaded here) every VGG19 row uses the same random weights: the cost of a
+convolution does not depend on its weights. ``--recipe weight_free`` times the default
+weight-free recipe (floor and texsynth rows only).
+
+    python benchmarks/speed.py                      # VGG19 / liu2016 at 256x256
+    python benchmarks/speed.py --recipe weight_free
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+
+import texsynth
+from texsynth.api import fit
+from texsynth.examples import load_example
+from texsynth.image_io import center_crop_resize, load_image
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_EXEMPLAR = HERE.parent.parent / "shared" / "textures" / "bubbly_0139.png"
+TAPS = (0, 4, 9, 18, 27, 36)  # the reference's conv1_1 and pool1..pool5
+FLOOR = "floor (bare forward+backward+loss)"
+TEXSYNTH = "texsynth (LightningModule + Trainer)"
+REFERENCE = "reference re-expressed"
+
+
+# ----------------------------------------------------------------------------- reference numerics
+def vgg_features(state: dict[str, torch.Tensor], trainable: bool) -> nn.Sequential:
+    """torchvision VGG19 features up to pool5 with average pooling, as the reference builds it."""
+    features = torchvision.models.vgg.make_layers(torchvision.models.vgg.cfgs["E"])
+    features.load_state_dict(state)
+    for index, layer in enumerate(features):
+        if isinstance(layer, nn.MaxPool2d):
+            features[index] = nn.AvgPool2d(kernel_size=2, stride=2)
+        if isinstance(layer, nn.ReLU):
+            layer.inplace = index - 1 not in TAPS  # never overwrite a tapped activation (conv1_1)
+    features = features[: TAPS[-1] + 1].eval()
+    for parameter in features.parameters():
+        parameter.requires_grad_(trainable)
+    return features
+
+
+def taps(features: nn.Sequential, image: torch.Tensor) -> list[torch.Tensor]:
+    found, x = [], image
+    for index, layer in enumerate(features):
+        x = layer(x)
+        if index in TAPS:
+            found.append(x)
+    return found
+
+
+def gram(f: torch.Tensor) -> torch.Tensor:
+    _, c, h, w = f.shape
+    flat = f.reshape(c, h * w)
+    return flat @ flat.t() / (4 * c * h * w)
+
+
+def gray(image: torch.Tensor) -> torch.Tensor:
+    return 0.2989 * image[0, 0] + 0.587 * image[0, 1] + 0.114 * image[0, 2]
+
+
+def reference_loss(features: nn.Sequential, image: torch.Tensor, target_grams: list[torch.Tensor],
+                   exemplar_fft: torch.Tensor) -> torch.Tensor:
+    gram_loss = sum(1e9 * ((gram(f) - g) ** 2).sum() for f, g in zip(taps(features, image), target_grams))
+    o = torch.fft.fft2(gray(image))
+    p = o * torch.conj(exemplar_fft)
+    projected = torch.fft.ifft2(p / (torch.abs(p) + 1e-11) * exemplar_fft).real
+    return gram_loss + 1e5 * 0.5 * ((gray(image) - projected) ** 2).sum()
+
+
+# ----------------------------------------------------------------------------- the rows
+def time_floor_vgg(state, exemplar, size, evals) -> float:
+    features = vgg_features(state, trainable=False)
+    with torch.no_grad():
+        targets = [gram(f) for f in taps(features, exemplar)]
+    exemplar_fft = torch.fft.fft2(gray(exemplar))
+    image = torch.rand(1, 3, size, size, requires_grad=True)
+    start = time.perf_counter()
+    for _ in range(evals):
+        image.grad = None
+        reference_loss(features, image, targets, exemplar_fft).backward()
+    return (time.perf_counter() - start) / evals
+
+
+def time_floor_lbfgs_vgg(state, exemplar, size, evals) -> float:
+    features = vgg_features(state, trainable=False)
+    with torch.no_grad():
+        targets = [gram(f) for f in taps(features, exemplar)]
+    exemplar_fft = torch.fft.fft2(gray(exemplar))
+    image = torch.rand(1, 3, size, size, requires_grad=True)
+    optimizer = torch.optim.LBFGS([image], max_iter=evals, tolerance_grad=-1, tolerance_change=-1)
+    count = 0
+
+    def closure():
+        nonlocal count
+        count += 1
+        optimizer.zero_grad()
+        loss = reference_loss(features, image, targets, exemplar_fft)
+        loss.backward()
+        return loss
+
+    start = time.perf_counter()
+    optimizer.step(closure)
+    return (time.perf_counter() - start) / count
+
+
+def time_reference(state, exemplar, size, evals) -> tuple[float, float]:
+    """(seconds per evaluation, seconds of the progress bar's extra evaluation)."""
+    synthesis = vgg_features(state, trainable=True)  # the reference's trainable synthesis copy
+    target_copy = vgg_features(state, trainable=True)  # and its second copy for the exemplar
+    targets = [gram(f).detach() for f in taps(target_copy, exemplar)]
+    exemplar_fft = torch.fft.fft2(gray(exemplar))
+    image = torch.sigmoid(torch.randn(1, 3, size, size)).requires_grad_(True)
+    optimizer = torch.optim.LBFGS([image], max_iter=evals, tolerance_grad=-1, tolerance_change=-1)
+    count = 0
+
+    def closure():
+        nonlocal count
+        count += 1
+        optimizer.zero_grad()
+        loss = reference_loss(synthesis, image, targets, exemplar_fft)
+        loss.backward()
+        return loss
+
+    start = time.perf_counter()
+    optimizer.step(closure)
+    step = time.perf_counter() - start
+    start = time.perf_counter()
+    reference_loss(synthesis, image, targets, exemplar_fft).item()  # the progress bar's evaluation
+    return step / count, time.perf_counter() - start
+
+
+def time_texsynth(exemplar, size, evals, **options) -> tuple[float, int]:
+    import lightning as L
+
+    class Timer(L.Callback):
+        def on_train_batch_start(self, trainer, module, *args):
+            self.start = self.start if hasattr(self, "start") else time.perf_counter()
+
+        def on_train_batch_end(self, trainer, module, *args):
+            self.end = time.perf_counter()
+
+    module = texsynth.TextureSynthesis(exemplar, seed=0, lbfgs={"max_iter": evals, "tolerance_grad": -1.0,
+                                                                 "tolerance_change": -1.0}, **options)
+    timer = Timer()
+    fit(module, 1, logdir=False, quiet=True, progress_bar=False, accelerator="cpu", callbacks=[timer])
+    return (timer.end - timer.start) / module.num_evals, module.num_evals
+
+
+def time_floor_module(exemplar, size, evals, **options) -> float:
+    """The floor for any texsynth recipe: its backbone, taps and losses, no Lightning, no optimizer."""
+    module = texsynth.TextureSynthesis(exemplar, seed=0, **options)
+    module._ensure_targets()
+    image = module.image.detach().clone().requires_grad_(True)
+    losses = list(module.loss_terms.values())
+    start = time.perf_counter()
+    for _ in range(evals):
+        image.grad = None
+        features = module.extractor(image)
+        sum(loss.weight * loss(image, features) for loss in losses).backward()
+    return (time.perf_counter() - start) / evals
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--exemplar", default=str(DEFAULT_EXEMPLAR) if DEFAULT_EXEMPLAR.exists() else "bricks")
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--evals", type=int, default=6, help="evaluations per timed repetition")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--recipe", choices=("liu2016", "weight_free"), default="liu2016")
+    args = parser.parse_args()
+
+    source = args.exemplar
+    image = load_image(source) if Path(source).exists() else load_example(source, size=args.size)
+    exemplar = center_crop_resize(image, (args.size, args.size))
+    print(f"machine: {platform.machine()} {os.cpu_count()} cores, torch {torch.__version__} "
+          f"({torch.get_num_threads()} threads); exemplar {Path(source).name} at {args.size}x{args.size}; "
+          f"recipe {args.recipe}; best of {args.repeats} x {args.evals} evaluations")
+
+    rows: dict[str, list[float]] = {}
+    extras: list[float] = []
+    if args.recipe == "liu2016":
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            state = torchvision.models.vgg.make_layers(torchvision.models.vgg.cfgs["E"]).state_dict()
+        weights = Path(os.environ.get("TMPDIR", "/tmp")) / "texsynth_speed_vgg19_random.pth"
+        torch.save({f"features.{k}": v for k, v in state.items()}, weights)
+        options = {"preset": "liu2016", "weights": str(weights), "exemplar_size": args.size}
+
+        def reference() -> float:
+            per_eval, extra = time_reference(state, exemplar, args.size, args.evals)
+            extras.append(extra)
+            return per_eval
+
+        runners = {
+            FLOOR: lambda: time_floor_vgg(state, exemplar, args.size, args.evals),
+            "floor + bare L-BFGS loop": lambda: time_floor_lbfgs_vgg(state, exemplar, args.size, args.evals),
+            TEXSYNTH: lambda: time_texsynth(exemplar, args.size, args.evals, **options)[0],
+            REFERENCE: reference,
+        }
+    else:
+        options = {"preset": "weight_free"}
+        runners = {
+            FLOOR: lambda: time_floor_module(exemplar, args.size, args.evals, **options),
+            TEXSYNTH: lambda: time_texsynth(exemplar, args.size, args.evals, **options)[0],
+        }
+    names = list(runners)
+    for repeat in range(args.repeats):  # rotate the order so no row always runs first
+        for name in names[repeat % len(names):] + names[: repeat % len(names)]:
+            rows.setdefault(name, []).append(runners[name]())
+
+    # the fastest repetition: interference (other tenants of a virtual machine, allocator
+    # warm-up) only ever adds time; the median is printed alongside
+    best = {name: min(values) for name, values in rows.items()}
+    floor, ours = best[FLOOR], best[TEXSYNTH]
+    print(f"{'row':40} {'s/eval':>8} {'median':>8} {'/floor':>7}")
+    for name, value in best.items():
+        print(f"{name:40} {value:8.3f} {statistics.median(rows[name]):8.3f} {value / floor:7.3f}")
+    print(f"texsynth/floor per evaluation: {ours / floor:.3f}")
+    if extras:
+        # one reference epoch: 20 evaluations (L-BFGS's max_iter) + the progress bar's forward pass
+        reference_epoch = best[REFERENCE] * 20 + min(extras)
+        texsynth_epoch = ours * 20
+        print(f"per L-BFGS iteration of 20 evaluations: reference {reference_epoch:.2f} s "
+              f"(incl. {min(extras):.2f} s progress-bar evaluation), texsynth "
+              f"{texsynth_epoch:.2f} s; reference/texsynth {reference_epoch / texsynth_epoch:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
