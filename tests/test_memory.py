@@ -7,7 +7,7 @@ from conftest import TINY_BACKBONE
 from texsynth import TextureSynthesis
 from texsynth.api import fit
 from texsynth.errors import InvalidArgumentError
-from texsynth.memory import available_bytes, estimate_bytes
+from texsynth.memory import activation_floats_per_pixel, available_bytes, estimate_bytes
 
 
 def test_estimate_scales_with_pixels_variations_and_history(exemplar):
@@ -34,3 +34,54 @@ def test_refuses_before_running_when_memory_is_short(exemplar, monkeypatch):
 def test_available_memory_is_known_on_cpu():
     free = available_bytes(torch.device("cpu"))
     assert free is None or free > 0
+
+
+def _tiny_vgg(exemplar, **options):
+    """VGG19 taps up to pool2 on random weights: a sequential backbone, cheap at 32x32."""
+    return TextureSynthesis(exemplar, backbone="vgg19", weights="random", seed=0,
+                            losses={"gram": {"layers": ["conv1_1", "pool1", "pool2"]}}, **options)
+
+
+def test_checkpointing_gives_the_same_loss_and_gradient_with_less_kept_memory(exemplar):
+    plain, checkpointed = _tiny_vgg(exemplar), _tiny_vgg(exemplar, checkpointing=True)
+    image = plain.image.detach().clone().requires_grad_(True)
+    grads = []
+    for module in (plain, checkpointed):
+        total = module.compute_losses(image)["total"]
+        grads.append((float(total.detach()), torch.autograd.grad(total, image)[0]))
+    assert grads[0][0] == pytest.approx(grads[1][0], rel=1e-6)
+    torch.testing.assert_close(grads[0][1], grads[1][1], rtol=1e-5, atol=1e-8)
+    kept_plain = activation_floats_per_pixel(plain.extractor)
+    kept_checkpointed = activation_floats_per_pixel(checkpointed.extractor)
+    # plain: every output up to pool2; checkpointed: the three taps + the largest segment
+    assert kept_checkpointed < 0.85 * kept_plain
+
+
+def test_checkpointing_switches_on_by_itself_when_memory_is_short(exemplar, monkeypatch):
+    module = _tiny_vgg(exemplar, size=48)
+    needed_plain = estimate_bytes(module)
+    module.extractor.enable_checkpointing()
+    needed_checkpointed = estimate_bytes(module)
+    module.extractor.enable_checkpointing(False)
+    budget = (needed_plain + needed_checkpointed) // 2  # fits only with checkpointing
+    monkeypatch.setattr("texsynth.memory.available_bytes", lambda device: budget)
+    fit(module, 1, logdir=False, progress_bar=False, quiet=True, accelerator="cpu")
+    assert module.extractor.checkpointing and module.num_evals > 0
+
+    refused = _tiny_vgg(exemplar, size=48, checkpointing=False)
+    with pytest.raises(InvalidArgumentError, match="needs about"):
+        fit(refused, 1, logdir=False, progress_bar=False, quiet=True, accelerator="cpu")
+
+
+def test_checkpointing_is_refused_for_a_backbone_that_cannot_be_segmented(exemplar):
+    with pytest.raises(InvalidArgumentError, match="gradient checkpointing needs a backbone"):
+        TextureSynthesis(exemplar, **TINY_BACKBONE, seed=0, checkpointing=True)
+
+
+def test_lbfgs_history_is_bounded_for_large_outputs_unless_chosen(exemplar, monkeypatch):
+    monkeypatch.setattr("texsynth.module.LBFGS_HISTORY_BUDGET", 64 * 64 * 3 * 4 * 2 * 20)  # 20 steps at 64x64
+    assert TextureSynthesis(exemplar, **TINY_BACKBONE, size=64, seed=0).lbfgs_options["history_size"] == 20
+    assert TextureSynthesis(exemplar, **TINY_BACKBONE, size=32, seed=0).lbfgs_options["history_size"] == 80
+    assert TextureSynthesis(exemplar, **TINY_BACKBONE, size=256, seed=0).lbfgs_options["history_size"] == 5
+    chosen = TextureSynthesis(exemplar, **TINY_BACKBONE, size=64, seed=0, lbfgs={"history_size": 100})
+    assert chosen.lbfgs_options["history_size"] == 100

@@ -4,6 +4,12 @@ Forward hooks record the outputs of the requested submodules; once the last requ
 has fired, a private exception aborts the forward pass, so layers past the deepest tap never
 run (the pattern of baukit's ``TraceDict``). Hooks live only for the duration of one call, so
 nothing leaks and the model stays usable elsewhere.
+
+Gradient checkpointing (``checkpointing=True``) applies to models whose forward runs their
+children in order (``nn.Sequential``, or a backbone with ``sequential = True``) when every
+tap is a child: the children between two taps run as one checkpointed segment, so autograd
+keeps only the tapped activations (which the losses need anyway) and recomputes the rest
+during the backward pass — about one more forward pass of time for most of the memory.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from collections.abc import Iterable
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from texsynth.errors import InvalidArgumentError
 
@@ -27,7 +34,7 @@ class FeatureExtractor(nn.Module):
     submodule so device moves follow the extractor.
     """
 
-    def __init__(self, model: nn.Module, layers: Iterable[str]) -> None:
+    def __init__(self, model: nn.Module, layers: Iterable[str], checkpointing: bool = False) -> None:
         super().__init__()
         self.model = model
         self.layers = tuple(dict.fromkeys(layers))
@@ -42,8 +49,27 @@ class FeatureExtractor(nn.Module):
                 f"{type(model).__name__}; available: {known}"
             )
         self._modules_by_name = {name: available[name] for name in self.layers}
+        self.checkpointing = False
+        if checkpointing:
+            self.enable_checkpointing()
+
+    @property
+    def supports_checkpointing(self) -> bool:
+        sequential = isinstance(self.model, nn.Sequential) or getattr(self.model, "sequential", False)
+        children = {name for name, _ in self.model.named_children()}
+        return bool(sequential) and all(name in children for name in self.layers)
+
+    def enable_checkpointing(self, enabled: bool = True) -> None:
+        if enabled and not self.supports_checkpointing:
+            raise InvalidArgumentError(
+                f"gradient checkpointing needs a backbone that runs its layers in sequence and taps "
+                f"among its direct children; {type(self.model).__name__} with {', '.join(self.layers)} is not"
+            )
+        self.checkpointing = bool(enabled)
 
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.checkpointing and torch.is_grad_enabled() and image.requires_grad:
+            return self._forward_in_segments(image)
         captured: dict[str, torch.Tensor] = {}
         wanted = len(self.layers)
 
@@ -70,3 +96,23 @@ class FeatureExtractor(nn.Module):
             missing = [name for name in self.layers if name not in captured]
             raise RuntimeError(f"layers {missing} were never executed by the forward pass")
         return {name: captured[name] for name in self.layers}
+
+    def _forward_in_segments(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        captured: dict[str, torch.Tensor] = {}
+        segment: list[nn.Module] = []
+        x = image
+        for name, child in self.model.named_children():
+            segment.append(child)
+            if name in self._modules_by_name:
+                x = checkpoint(_run_in_order, x, *segment, use_reentrant=False)
+                captured[name] = x
+                segment = []
+                if len(captured) == len(self.layers):
+                    break
+        return {name: captured[name] for name in self.layers}
+
+
+def _run_in_order(x: torch.Tensor, *modules: nn.Module) -> torch.Tensor:
+    for module in modules:
+        x = module(x)
+    return x

@@ -2,8 +2,11 @@
 
 The estimate counts what scales with the output's pixels: the backbone's activations up to
 the deepest tap (measured once on a small probe image and scaled by area; autograd keeps
-roughly twice that alive through the backward pass), the L-BFGS history (two image-sized
-vectors per remembered step, plus a few working copies) and the image itself.
+roughly twice that alive through the backward pass; with gradient checkpointing only the
+tapped activations plus the largest recomputed segment), the L-BFGS history (two
+image-sized vectors per remembered step, bounded by the module, plus a few working copies)
+and the image itself. Nothing else grows with the output size: Gram matrices and targets
+depend on channel counts only.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from texsynth._logging import log
 from texsynth.errors import InvalidArgumentError
 
 PROBE = 64
@@ -23,17 +27,31 @@ GIB = 1024**3
 
 
 def activation_floats_per_pixel(extractor: nn.Module | None) -> float:
-    """Floats of all intermediate outputs, per input pixel, up to the deepest tap."""
+    """Floats autograd keeps per input pixel: every intermediate output up to the deepest
+    tap or, with checkpointing, the tapped ones plus the largest segment being recomputed."""
     if extractor is None:
         return 0.0
     total = 0
+    taps = set(getattr(extractor, "_modules_by_name", {}).values())
+    checkpointing = getattr(extractor, "checkpointing", False)
+    segment = largest_segment = 0
 
-    def count(_module: nn.Module, _inputs: Any, output: Any) -> None:
-        nonlocal total
-        if isinstance(output, torch.Tensor):
+    def count(module: nn.Module, inputs: Any, output: Any) -> None:
+        nonlocal total, segment, largest_segment
+        if not isinstance(output, torch.Tensor):
+            return
+        if inputs and isinstance(inputs[0], torch.Tensor) and output.data_ptr() == inputs[0].data_ptr():
+            return  # an in-place layer (ReLU) allocates nothing
+        if not checkpointing:
             total += output.numel()
+            return
+        segment += output.numel()
+        largest_segment = max(largest_segment, segment)
+        if module in taps:
+            total += output.numel()
+            segment = 0
 
-    leaves = [m for m in extractor.model.modules() if not list(m.children())]
+    leaves = [m for m in extractor.model.modules() if not list(m.children()) or m in taps]
     handles = [m.register_forward_hook(count) for m in leaves]
     device = next(iter(extractor.model.buffers()), torch.zeros(())).device
     try:
@@ -42,7 +60,7 @@ def activation_floats_per_pixel(extractor: nn.Module | None) -> float:
     finally:
         for handle in handles:
             handle.remove()
-    return total / PROBE**2
+    return (total + largest_segment) / PROBE**2
 
 
 def estimate_bytes(module: Any) -> int:
@@ -75,16 +93,26 @@ def available_bytes(device: torch.device) -> int | None:
     return None
 
 
-def check_memory(module: Any, device: torch.device) -> None:
-    """Raise a clear error if the synthesis would need more memory than ``device`` has."""
+def check_memory(module: Any, device: torch.device, allow_checkpointing: bool = False) -> None:
+    """Raise a clear error if the synthesis would need more memory than ``device`` has.
+
+    With ``allow_checkpointing``, first try gradient checkpointing of the backbone.
+    """
     limit = available_bytes(device)
     if limit is None:
         return
     needed = estimate_bytes(module)
+    extractor = module.extractor
+    if (needed > limit and allow_checkpointing and extractor is not None and not extractor.checkpointing
+            and extractor.supports_checkpointing):
+        extractor.enable_checkpointing()
+        without, needed = needed, estimate_bytes(module)
+        log.info("gradient checkpointing on: about %.1f GiB instead of %.1f GiB (%.1f GiB free on %s)",
+                 needed / GIB, without / GIB, limit / GIB, device.type)
     if needed > limit:
         height, width = module.output_size
         raise InvalidArgumentError(
             f"output size {width}x{height} (x{module.variations}) needs about {needed / GIB:.1f} GiB on "
             f"{device.type}, but only {limit / GIB:.1f} GiB is available; use a smaller --size, "
-            "fewer --variations, or a smaller L-BFGS history_size"
+            "fewer --variations, or a backbone that supports gradient checkpointing (vgg19)"
         )

@@ -58,6 +58,14 @@ class TextureSynthesis(L.LightningModule):
             sample's losses are independent of the others').
         tile: make the output periodic (seamlessly tileable): circular padding in the
             backbone, the exemplar's periodic component in the spectrum constraint.
+        checkpointing: gradient checkpointing of the backbone (recompute the activations
+            between taps in the backward pass: less memory, about one more forward pass of
+            time). ``None``: switched on when the run would not fit in the device's free
+            memory otherwise (backbones that run their layers in sequence, e.g. VGG19).
+
+    The L-BFGS history is bounded to about ``LBFGS_HISTORY_BUDGET`` bytes (at least 5
+    steps) unless ``lbfgs`` sets ``history_size``: 100 steps of a 2048x2048 image would
+    take 10 GB.
     """
 
     def __init__(
@@ -76,6 +84,7 @@ class TextureSynthesis(L.LightningModule):
         lbfgs: Mapping[str, Any] | None = None,
         variations: int = 1,
         tile: bool = False,
+        checkpointing: bool | None = None,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -108,6 +117,11 @@ class TextureSynthesis(L.LightningModule):
                 _check_min_size(self.backbone.min_size(layers), exemplar_tensor.shape[-2:], "exemplar")
                 _check_min_size(self.backbone.min_size(layers), self.output_size, "output size")
             self.extractor = FeatureExtractor(self.backbone, layers)
+        self.checkpointing = checkpointing
+        if checkpointing:
+            if self.extractor is None:
+                raise InvalidArgumentError("checkpointing=True needs a backbone (no feature loss is used)")
+            self.extractor.enable_checkpointing()
 
         if not isinstance(variations, int) or isinstance(variations, bool) or variations < 1:
             raise InvalidArgumentError(f"variations must be a positive integer, got {variations!r}")
@@ -117,6 +131,9 @@ class TextureSynthesis(L.LightningModule):
             raise InvalidArgumentError(f"unknown init {self.init_kind!r}; known: {', '.join(INITS)}")
         self.lbfgs_options = {**LBFGS_DEFAULTS, **recipe.preset.lbfgs, **(lbfgs or {})}
         _check_lbfgs(self.lbfgs_options)
+        if "history_size" not in (lbfgs or {}):
+            self.lbfgs_options["history_size"] = bounded_history(
+                self.lbfgs_options["history_size"], variations * 3 * self.output_size[0] * self.output_size[1])
         self.seed = seed if seed is not None else random.SystemRandom().randrange(2**31)
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise InvalidArgumentError(f"seed must be a non-negative integer, got {seed!r}")
@@ -271,7 +288,7 @@ class TextureSynthesis(L.LightningModule):
         return range(max(int(self.trainer.max_steps), 1))
 
     def on_fit_start(self) -> None:
-        check_memory(self, self.image.device)
+        check_memory(self, self.image.device, allow_checkpointing=self.checkpointing is None)
         self._ensure_targets()
 
     def training_step(self, batch: Any, batch_idx: int) -> None:
@@ -327,6 +344,21 @@ def make_periodic(backbone: nn.Module, losses: Any) -> None:
     for loss in losses:
         if hasattr(loss, "periodic"):
             loss.periodic = True
+
+
+#: bytes the L-BFGS curvature history may take (two image-sized vectors per step)
+LBFGS_HISTORY_BUDGET = 1024**3
+MIN_HISTORY = 5
+
+
+def bounded_history(history_size: int, numel: int) -> int:
+    """The L-BFGS history that fits ``LBFGS_HISTORY_BUDGET`` for an image of ``numel`` floats."""
+    fits = LBFGS_HISTORY_BUDGET // (2 * numel * 4)
+    bounded = max(MIN_HISTORY, min(history_size, fits))
+    if bounded < history_size:
+        log.info("L-BFGS history bounded to %d steps for this output size (set lbfgs history_size to "
+                 "choose)", bounded)
+    return bounded
 
 
 def _check_min_size(minimum: int, size: Any, what: str) -> None:

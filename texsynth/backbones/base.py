@@ -23,6 +23,9 @@ class Backbone(nn.Module):
 
     #: layers used by statistics losses (e.g. Gram) when a loss names none.
     texture_layers: tuple[str, ...] = ()
+    #: True when ``forward`` runs the children in order, each on the previous one's output
+    #: (lets the feature extractor checkpoint the segments between taps).
+    sequential: bool = False
 
     def freeze(self) -> Backbone:
         freeze_module(self)

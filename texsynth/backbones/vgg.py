@@ -95,6 +95,7 @@ class VGG19(Backbone):
     """
 
     texture_layers = ("relu1_1", "pool1", "pool2", "pool3", "pool4")
+    sequential = True
 
     def __init__(
         self,

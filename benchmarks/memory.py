@@ -1,0 +1,67 @@
+"""Peak memory of one synthesis step at large output sizes (CPU).
+
+Each size runs in a fresh process (peak resident memory, ``ru_maxrss``, only grows) that
+builds the module, computes the targets and runs one L-BFGS step of ``--evals``
+evaluations, then prints its peak and the guard's estimate (:mod:`texsynth.memory`).
+
+    python benchmarks/memory.py                          # 512, 1024, 2048 with the default recipe
+    python benchmarks/memory.py --sizes 1024 --options '{"checkpointing": false}'
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+GIB = 1024**3
+
+
+def child(size: int, evals: int, options: dict) -> None:
+    import torch
+
+    import texsynth
+    from texsynth.api import fit
+    from texsynth.memory import estimate_bytes
+
+    module = texsynth.TextureSynthesis("bricks", size=size, exemplar_size=256, seed=0,
+                                       lbfgs={"max_iter": evals, **options.pop("lbfgs", {})}, **options)
+    start = time.perf_counter()
+    fit(module, 1, logdir=False, quiet=True, progress_bar=False, accelerator="cpu")
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
+    print(json.dumps({"size": size, "peak": peak, "estimate": estimate_bytes(module), "evals": module.num_evals,
+                      "seconds": seconds, "history": module.lbfgs_options["history_size"],
+                      "finite": bool(torch.isfinite(module.image).all())}))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="512,1024,2048")
+    parser.add_argument("--evals", type=int, default=3, help="evaluations in the one L-BFGS step")
+    parser.add_argument("--options", default="{}", help="JSON TextureSynthesis options")
+    parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child, args.evals, json.loads(args.options))
+        return 0
+    print(f"{os.cpu_count()} cores; options {args.options}; one L-BFGS step of {args.evals} evaluations")
+    print(f"{'size':>6} {'peak GiB':>9} {'estimate GiB':>13} {'history':>8} {'s/eval':>7}")
+    for size in (int(s) for s in args.sizes.split(",")):
+        done = subprocess.run([sys.executable, __file__, "--child", str(size), "--evals", str(args.evals),
+                               "--options", args.options], capture_output=True, text=True)
+        if done.returncode != 0:
+            print(f"{size:>6} failed: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode}")
+            continue
+        row = json.loads(done.stdout.strip().splitlines()[-1])
+        print(f"{size:>6} {row['peak'] / GIB:9.2f} {row['estimate'] / GIB:13.2f} {row['history']:>8} "
+              f"{row['seconds'] / row['evals']:7.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
