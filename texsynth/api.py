@@ -9,7 +9,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import torch
 
@@ -119,24 +119,40 @@ def synthesize(
     checkpoint_every: int = 0,
     image_path: str | os.PathLike | None = None,
     resume: str | os.PathLike | None = None,
+    coarse_levels: int | None = None,
+    callbacks: Sequence[Any] = (),
     **module_options: Any,
 ) -> SynthesisResult:
     """Synthesize a texture like ``exemplar`` in one call.
 
     ``steps`` counts L-BFGS steps (each up to ``max_iter`` evaluations); with ``resume`` (a
-    checkpoint of the same settings) it is the total the resumed run continues to. Other
-    keyword options go to :class:`TextureSynthesis` (``exemplar_size``, ``init``, ``lbfgs``,
-    …). TensorBoard logging is off unless ``logdir`` is given.
+    checkpoint of the same settings) it is the total the resumed run continues to.
+    ``coarse_levels`` coarser stages (1/2^k of the size, ``steps`` steps each) run first and
+    start the full-size optimization (:mod:`texsynth.multiscale`); default: the preset's.
+    Other keyword options go to :class:`TextureSynthesis` (``exemplar_size``, ``init``,
+    ``lbfgs``, …). TensorBoard logging is off unless ``logdir`` is given. ``seconds`` in the
+    result counts every stage.
     """
-    module = TextureSynthesis(
-        exemplar, size=size, backbone=backbone, weights=weights, losses=losses, preset=preset,
-        seed=seed, **module_options,
-    )
+    recipe_options = dict(backbone=backbone, weights=weights, losses=losses, preset=preset, **module_options)
+    module = TextureSynthesis(exemplar, size=size, seed=seed, **recipe_options)
+    levels = module.preset.coarse_levels if coarse_levels is None else coarse_levels
+    trainer_options = dict(quiet=quiet, accelerator=accelerator, devices=devices, precision=precision,
+                           progress_bar=progress_bar)
+    coarse_seconds = 0.0
+    if levels and resume is None:
+        from texsynth.multiscale import coarse_to_fine_start
+
+        def run_stage(stage: TextureSynthesis, stage_steps: int) -> None:
+            nonlocal coarse_seconds
+            coarse_seconds += fit(stage, stage_steps, logdir=False, **trainer_options)[0]
+
+        coarse_to_fine_start(module, levels, steps, run_stage, recipe_options)
     seconds, log_dir = fit(
-        module, steps, logdir=logdir, quiet=quiet, accelerator=accelerator, devices=devices,
-        precision=precision, progress_bar=progress_bar, log_images_every=log_images_every,
+        module, steps, logdir=logdir, log_images_every=log_images_every,
         checkpoint=checkpoint, checkpoint_every=checkpoint_every, image_path=image_path, resume=resume,
+        callbacks=list(callbacks), **trainer_options,
     )
+    seconds += coarse_seconds
     with torch.no_grad():
         final = {name: float(value) for name, value in module.compute_losses().items()}
     return SynthesisResult(

@@ -61,6 +61,8 @@ class SaveAndInterrupt(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.requested = None
+        if self.checkpoint_path is None and self.image_path is None:
+            return  # nothing to save: signals keep their usual meaning (e.g. SIGTERM ends a script)
         if threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGINT, signal.SIGTERM):
                 self._previous[signum] = signal.getsignal(signum)

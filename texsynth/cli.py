@@ -95,6 +95,8 @@ def _add_synthesis_options(command: argparse.ArgumentParser) -> None:
                          help="set a loss weight (adds the loss if new, 0 removes it); repeatable")
     command.add_argument("--preset", help="named recipe, e.g. liu2016 (see `texsynth list`)")
     command.add_argument("--init", help="starting image: sigmoid, uniform, gaussian, random_phase")
+    command.add_argument("--coarse-levels", type=int, metavar="K",
+                         help="coarse-to-fine: K smaller stages (1/2^K … 1/2 of the size) first (default: the preset's)")
     command.add_argument("--seed", type=int, help="random seed (default: drawn and reported)")
     command.add_argument("--tile", action="store_true", help="make the output seamlessly tileable")
     command.add_argument("--checkpoint-every", type=int, default=0, metavar="N",
@@ -149,6 +151,8 @@ def _recipe_options(args: argparse.Namespace) -> dict[str, object]:
         _check_positive("--max-iter", args.max_iter)
     if args.seed is not None and args.seed < 0:
         raise InvalidArgumentError(f"--seed must be >= 0, got {args.seed}")
+    if args.coarse_levels is not None and args.coarse_levels < 0:
+        raise InvalidArgumentError(f"--coarse-levels must be >= 0, got {args.coarse_levels}")
     weights_given = dict(parse_loss_argument(text) for text in args.loss)
     lbfgs = dict(extras.get("lbfgs") or {})
     if args.max_iter:
@@ -164,6 +168,7 @@ def _recipe_options(args: argparse.Namespace) -> dict[str, object]:
         "tile": args.tile,
         "backbone_options": extras.get("backbone_options"),
         "lbfgs": lbfgs or None,
+        "coarse_levels": args.coarse_levels,
     }
 
 
@@ -203,6 +208,7 @@ def _synthesize(args: argparse.Namespace) -> int:
     module = result.module
     config = run_config(module, exemplar=args.exemplar, output=str(output), steps=args.steps, trainer=trainer)
     config["imports"] = list(args.imports)
+    config["coarse_levels"] = module.preset.coarse_levels if args.coarse_levels is None else args.coarse_levels
     config_file = write_config(config, config_path_for(output))
     summary = {
         "output": str(output) if len(written) == 1 else [str(p) for p in written],

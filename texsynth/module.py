@@ -21,6 +21,7 @@ from typing import Any
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from texsynth._logging import log
@@ -176,10 +177,22 @@ class TextureSynthesis(L.LightningModule):
         shape = (self.variations, 3, *self.output_size)
         return initial_image(self.init_kind, shape, self._generator, self.exemplar)
 
-    def reset_image(self) -> None:
-        """Start again from fresh noise (a new variation) and forget the L-BFGS state."""
+    def reset_image(self, image: torch.Tensor | None = None) -> None:
+        """Start again from fresh noise, or from ``image`` (resized to the output size; e.g. a
+        coarser scale's result), and forget the L-BFGS state."""
+        if image is None:
+            image = self._new_image()
+        else:
+            image = image.detach().float().cpu()
+            image = image.unsqueeze(0) if image.dim() == 3 else image
+            if image.dim() != 4 or image.shape[1] != 3 or image.shape[0] not in (1, self.variations):
+                raise InvalidArgumentError(
+                    f"starting image must be (3, H, W) or ({self.variations}, 3, H, W), got {tuple(image.shape)}")
+            if tuple(image.shape[-2:]) != tuple(self.output_size):
+                image = F.interpolate(image, size=self.output_size, mode="bicubic", align_corners=False)
+            image = image.expand(self.variations, -1, -1, -1)
         with torch.no_grad():
-            self.image.copy_(self._new_image().to(self.image.device))
+            self.image.copy_(image.to(self.image.device))
         self._optimizer = None
         self.diverged = False
 

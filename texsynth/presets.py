@@ -36,6 +36,8 @@ class Preset:
     #: exemplar preprocessing: centre crop + resize to this size (None keeps it as given).
     exemplar_size: int | tuple[int, int] | None = None
     lbfgs: dict[str, Any] = field(default_factory=lambda: dict(LBFGS_DEFAULTS))
+    #: coarse-to-fine stages before the full size (1/2^k of it; see texsynth.multiscale)
+    coarse_levels: int = 0
 
     def loss_options(self) -> dict[str, dict[str, Any]]:
         return copy.deepcopy(self.losses)
@@ -48,7 +50,11 @@ RELATIVE_GRAM_AND_SPECTRUM: dict[str, dict[str, Any]] = {
     "gram": {"relative": True, "weight": 1.0},
     "spectrum": {"mode": "color", "reduction": "mean", "weight": 1.0},
 }
-LBFGS_WOLFE: dict[str, Any] = {**LBFGS_DEFAULTS, "line_search_fn": "strong_wolfe"}
+#: tolerances off: the scale-free losses average over pixels, so near convergence their
+#: gradients fall below torch's default tolerance_grad (1e-7) long before the texture stops
+#: improving (and sooner at larger sizes); a run then lasts exactly its --steps.
+LBFGS_WOLFE: dict[str, Any] = {**LBFGS_DEFAULTS, "line_search_fn": "strong_wolfe",
+                               "tolerance_grad": 0.0, "tolerance_change": 0.0}
 
 PRESETS: Registry[Preset] = Registry("preset")
 
@@ -133,10 +139,15 @@ WEIGHT_FREE = register_preset(
         description=(
             "the offline default: random filter banks on a Gaussian pyramid (3x3, 7x7, 11x11 "
             "at full size, 11x11 at 1/2 and 1/4; 128 filters each), relative Gram per level + "
-            "colour spectrum constraint (Liu et al. 2016), L-BFGS with strong-Wolfe line search"
+            "colour spectrum constraint (Liu et al. 2016), L-BFGS with strong-Wolfe line search; "
+            "random-phase start, two coarse-to-fine stages (1/4, 1/2)"
         ),
         backbone="random_pyramid",
         losses=RELATIVE_GRAM_AND_SPECTRUM,
         lbfgs=LBFGS_WOLFE,
+        # measured with benchmarks/quality_speed.py (README, Performance): the coarse stages
+        # reach a given quality in far less time than more full-size steps
+        init="random_phase",
+        coarse_levels=2,
     )
 )

@@ -1,0 +1,76 @@
+"""Coarse-to-fine synthesis and starting from a given image."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import TINY_BACKBONE
+from texsynth import TextureSynthesis, synthesize
+from texsynth.api import fit
+from texsynth.errors import InvalidArgumentError
+from texsynth.multiscale import coarse_to_fine_start
+
+
+def test_reset_image_resizes_a_smaller_start_and_broadcasts_it_over_variations(exemplar):
+    module = TextureSynthesis(exemplar, **TINY_BACKBONE, size=32, variations=2, seed=0)
+    start = torch.rand(3, 16, 16)
+    module.reset_image(start)
+    expected = F.interpolate(start[None], size=(32, 32), mode="bicubic", align_corners=False)[0]
+    torch.testing.assert_close(module.image.detach()[0], expected)
+    torch.testing.assert_close(module.image.detach()[1], expected)
+    with pytest.raises(InvalidArgumentError, match="starting image must be"):
+        module.reset_image(torch.rand(1, 16, 16))
+
+
+def test_coarse_stages_run_at_halving_sizes_from_downscaled_exemplars_and_seed_the_full_size(exemplar):
+    options = {**TINY_BACKBONE, "lbfgs": {"max_iter": 3}}
+    module = TextureSynthesis(exemplar, size=32, seed=0, **options)
+    seen = []
+
+    def run(stage, steps):
+        seen.append((stage.output_size, tuple(stage.exemplar.shape[-2:]), steps))
+        fit(stage, steps, logdir=False, progress_bar=False, quiet=True, accelerator="cpu")
+
+    stages = coarse_to_fine_start(module, 2, 2, run, dict(options))
+    assert seen == [((8, 8), (8, 8), 2), ((16, 16), (16, 16), 2)]
+    assert all(stage.num_evals > 0 for stage in stages)
+    # the second stage started from the first one's result, the full size from the second's
+    last = stages[-1].outputs()
+    torch.testing.assert_close(module.image.detach(),
+                               F.interpolate(last, size=(32, 32), mode="bicubic", align_corners=False))
+    # a coarse start lowers the full-size loss before any full-size step
+    fresh = TextureSynthesis(exemplar, size=32, seed=0, **options)
+    with torch.no_grad():
+        assert module.compute_losses()["total"] < fresh.compute_losses()["total"]
+
+
+def test_stages_too_small_for_the_backbone_are_skipped(exemplar):
+    options = {"backbone": "vgg19", "weights": "random", "losses": {"gram": {"layers": ["pool2"]}}}
+    module = TextureSynthesis(exemplar, size=32, seed=0, **options)  # pool2 needs at least 4 pixels
+    sizes = []
+    coarse_to_fine_start(module, 4, 1, lambda stage, steps: sizes.append(stage.output_size), dict(options))
+    assert sizes == [(4, 4), (8, 8), (16, 16)]  # 1/16 (2x2) was skipped
+
+
+def test_synthesize_runs_coarse_levels_and_the_cli_records_them(exemplar, tmp_path, capsys):
+    result = synthesize(exemplar, steps=1, size=32, seed=0, coarse_levels=1, accelerator="cpu",
+                        lbfgs={"max_iter": 2}, **TINY_BACKBONE)
+    assert result.image.shape == (3, 32, 32) and result.seconds > 0
+    with pytest.raises(InvalidArgumentError, match="coarse levels must be a non-negative integer"):
+        synthesize(exemplar, steps=1, size=32, seed=0, coarse_levels=-1, **TINY_BACKBONE)
+
+    from texsynth.cli import main
+    from texsynth.config import read_config
+    from texsynth.image_io import save_image
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text("backbone: random_multiscale\nbackbone_options: {kernel_sizes: [3, 5], filters: 8}\n")
+    save_image(exemplar[0], tmp_path / "ex.png")
+    out = tmp_path / "out.png"
+    assert main(["synthesize", str(tmp_path / "ex.png"), "-o", str(out), "--config", str(config), "--steps", "1",
+                 "--max-iter", "2", "--coarse-levels", "1", "--no-log", "--no-progress", "--seed", "0"]) == 0
+    assert read_config(tmp_path / "out.texsynth.yaml")["coarse_levels"] == 1
+    assert main(["synthesize", str(tmp_path / "ex.png"), "-o", str(out), "--coarse-levels", "-1"]) == 2
+    assert "--coarse-levels must be >= 0" in capsys.readouterr().err
