@@ -109,12 +109,8 @@ def time_floor_vgg(state, exemplar, size, evals) -> float:
     return (time.perf_counter() - start) / evals
 
 
-def time_floor_lbfgs_vgg(state, exemplar, size, evals) -> float:
-    features = vgg_features(state, trainable=False)
-    with torch.no_grad():
-        targets = [gram(f) for f in taps(features, exemplar)]
-    exemplar_fft = torch.fft.fft2(gray(exemplar))
-    image = torch.rand(1, 3, size, size, requires_grad=True)
+def lbfgs_seconds_per_eval(features, image, targets, exemplar_fft, evals) -> float:
+    """One bare ``torch.optim.LBFGS`` step of ``evals`` evaluations; seconds per evaluation."""
     optimizer = torch.optim.LBFGS([image], max_iter=evals, tolerance_grad=-1, tolerance_change=-1)
     count = 0
 
@@ -131,6 +127,14 @@ def time_floor_lbfgs_vgg(state, exemplar, size, evals) -> float:
     return (time.perf_counter() - start) / count
 
 
+def time_floor_lbfgs_vgg(state, exemplar, size, evals) -> float:
+    features = vgg_features(state, trainable=False)
+    with torch.no_grad():
+        targets = [gram(f) for f in taps(features, exemplar)]
+    image = torch.rand(1, 3, size, size, requires_grad=True)
+    return lbfgs_seconds_per_eval(features, image, targets, torch.fft.fft2(gray(exemplar)), evals)
+
+
 def time_reference(state, exemplar, size, evals) -> tuple[float, float]:
     """(seconds per evaluation, seconds of the progress bar's extra evaluation)."""
     synthesis = vgg_features(state, trainable=True)  # the reference's trainable synthesis copy
@@ -138,23 +142,10 @@ def time_reference(state, exemplar, size, evals) -> tuple[float, float]:
     targets = [gram(f).detach() for f in taps(target_copy, exemplar)]
     exemplar_fft = torch.fft.fft2(gray(exemplar))
     image = torch.sigmoid(torch.randn(1, 3, size, size)).requires_grad_(True)
-    optimizer = torch.optim.LBFGS([image], max_iter=evals, tolerance_grad=-1, tolerance_change=-1)
-    count = 0
-
-    def closure():
-        nonlocal count
-        count += 1
-        optimizer.zero_grad()
-        loss = reference_loss(synthesis, image, targets, exemplar_fft)
-        loss.backward()
-        return loss
-
-    start = time.perf_counter()
-    optimizer.step(closure)
-    step = time.perf_counter() - start
+    per_eval = lbfgs_seconds_per_eval(synthesis, image, targets, exemplar_fft, evals)
     start = time.perf_counter()
     reference_loss(synthesis, image, targets, exemplar_fft).item()  # the progress bar's evaluation
-    return step / count, time.perf_counter() - start
+    return per_eval, time.perf_counter() - start
 
 
 def time_texsynth(exemplar, size, evals, **options) -> tuple[float, int]:

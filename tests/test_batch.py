@@ -237,3 +237,11 @@ def test_a_preempted_item_is_checkpointed_and_the_next_run_resumes_it(tmp_path, 
     resumed = Manifest(out / "manifest.jsonl").latest()[("bricks.png", 0)]
     assert resumed["status"] == "done" and resumed["steps"] == 3
     assert not checkpoint.exists()
+
+
+def test_per_item_tensorboard_logging_is_one_run_per_item(tmp_path):
+    src, out = _source(tmp_path / "src", names=("bricks", "weave"), corrupt=False), tmp_path / "out"
+    result = _run(src, out, logdir=tmp_path / "logs")
+    assert result.done == 2
+    runs = {path.parent.parent.name for path in (tmp_path / "logs").rglob("events.out.tfevents.*")}
+    assert runs == {"bricks", "weave"}

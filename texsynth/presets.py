@@ -139,15 +139,12 @@ WEIGHT_FREE = register_preset(
         description=(
             "the offline default: random filter banks on a Gaussian pyramid (3x3, 7x7, 11x11 "
             "at full size, 11x11 at 1/2 and 1/4; 128 filters each), relative Gram per level + "
-            "colour spectrum constraint (Liu et al. 2016), L-BFGS with strong-Wolfe line search; "
-            "random-phase start, two coarse-to-fine stages (1/4, 1/2)"
+            "colour spectrum constraint (Liu et al. 2016), L-BFGS with strong-Wolfe line search"
         ),
         backbone="random_pyramid",
         losses=RELATIVE_GRAM_AND_SPECTRUM,
         lbfgs=LBFGS_WOLFE,
-        # measured with benchmarks/quality_speed.py (README, Performance): the coarse stages
-        # reach a given quality in far less time than more full-size steps
-        init="random_phase",
-        coarse_levels=2,
+        # coarse-to-fine stages reach the distance metrics sooner but copy the exemplar's
+        # layout with this backbone (README, Performance), so they are opt-in
     )
 )
