@@ -179,6 +179,30 @@ def time_floor_module(exemplar, size, evals, **options) -> float:
     return (time.perf_counter() - start) / evals
 
 
+def time_floor_lbfgs_module(exemplar, size, evals, **options) -> float:
+    """The module floor driven by a bare ``torch.optim.LBFGS`` with the recipe's settings."""
+    module = texsynth.TextureSynthesis(exemplar, seed=0, **options)
+    module._ensure_targets()
+    image = module.image.detach().clone().requires_grad_(True)
+    losses = list(module.loss_terms.values())
+    settings = {**module.lbfgs_options, "max_iter": evals, "tolerance_grad": -1.0, "tolerance_change": -1.0}
+    optimizer = torch.optim.LBFGS([image], **settings)
+    count = 0
+
+    def closure():
+        nonlocal count
+        count += 1
+        optimizer.zero_grad()
+        features = module.extractor(image)
+        loss = sum(loss.weight * loss(image, features) for loss in losses)
+        loss.backward()
+        return loss
+
+    start = time.perf_counter()
+    optimizer.step(closure)
+    return (time.perf_counter() - start) / count
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--exemplar", default=str(DEFAULT_EXEMPLAR) if DEFAULT_EXEMPLAR.exists() else "bricks")
@@ -220,6 +244,8 @@ def main() -> int:
         options = {"preset": "weight_free"}
         runners = {
             FLOOR: lambda: time_floor_module(exemplar, args.size, args.evals, **options),
+            "floor + bare L-BFGS (strong Wolfe)": lambda: time_floor_lbfgs_module(exemplar, args.size, args.evals,
+                                                                                   **options),
             TEXSYNTH: lambda: time_texsynth(exemplar, args.size, args.evals, **options)[0],
         }
     names = list(runners)
