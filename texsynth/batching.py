@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import os
 import threading
-from contextlib import nullcontext
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
