@@ -96,29 +96,26 @@ def reference_loss(features: nn.Sequential, image: torch.Tensor, target_grams: l
 
 
 # ----------------------------------------------------------------------------- the rows
-def time_floor_vgg(state, exemplar, size, evals) -> float:
-    features = vgg_features(state, trainable=False)
-    with torch.no_grad():
-        targets = [gram(f) for f in taps(features, exemplar)]
-    exemplar_fft = torch.fft.fft2(gray(exemplar))
-    image = torch.rand(1, 3, size, size, requires_grad=True)
+def loop_seconds_per_eval(image, loss_fn, evals) -> float:
+    """Bare loop: ``loss_fn().backward()`` ``evals`` times; seconds per evaluation."""
     start = time.perf_counter()
     for _ in range(evals):
         image.grad = None
-        reference_loss(features, image, targets, exemplar_fft).backward()
+        loss_fn().backward()
     return (time.perf_counter() - start) / evals
 
 
-def lbfgs_seconds_per_eval(features, image, targets, exemplar_fft, evals) -> float:
+def lbfgs_seconds_per_eval(image, loss_fn, evals, **settings) -> float:
     """One bare ``torch.optim.LBFGS`` step of ``evals`` evaluations; seconds per evaluation."""
-    optimizer = torch.optim.LBFGS([image], max_iter=evals, tolerance_grad=-1, tolerance_change=-1)
+    settings = {**settings, "max_iter": evals, "tolerance_grad": -1.0, "tolerance_change": -1.0}
+    optimizer = torch.optim.LBFGS([image], **settings)
     count = 0
 
     def closure():
         nonlocal count
         count += 1
         optimizer.zero_grad()
-        loss = reference_loss(features, image, targets, exemplar_fft)
+        loss = loss_fn()
         loss.backward()
         return loss
 
@@ -127,24 +124,51 @@ def lbfgs_seconds_per_eval(features, image, targets, exemplar_fft, evals) -> flo
     return (time.perf_counter() - start) / count
 
 
-def time_floor_lbfgs_vgg(state, exemplar, size, evals) -> float:
-    features = vgg_features(state, trainable=False)
+def vgg_problem(state, exemplar, size, trainable=False):
+    """(image, loss function) of the reference formula on VGG19 features."""
+    features = vgg_features(state, trainable=trainable)
+    # the reference computes its targets with a second copy of the network
+    target_features = vgg_features(state, trainable=trainable) if trainable else features
     with torch.no_grad():
-        targets = [gram(f) for f in taps(features, exemplar)]
-    image = torch.rand(1, 3, size, size, requires_grad=True)
-    return lbfgs_seconds_per_eval(features, image, targets, torch.fft.fft2(gray(exemplar)), evals)
+        targets = [gram(f) for f in taps(target_features, exemplar)]
+    exemplar_fft = torch.fft.fft2(gray(exemplar))
+    start = torch.sigmoid(torch.randn(1, 3, size, size)) if trainable else torch.rand(1, 3, size, size)
+    image = start.requires_grad_(True)
+    return image, lambda: reference_loss(features, image, targets, exemplar_fft)
+
+
+def module_problem(exemplar, **options):
+    """(image, loss function, L-BFGS settings) of a texsynth recipe without Lightning."""
+    module = texsynth.TextureSynthesis(exemplar, seed=0, **options)
+    module._ensure_targets()
+    image = module.image.detach().clone().requires_grad_(True)
+    losses = list(module.loss_terms.values())
+
+    def loss_fn():
+        features = module.extractor(image)
+        return sum(loss.weight * loss(image, features) for loss in losses)
+
+    return image, loss_fn, module.lbfgs_options
+
+
+def time_floor_vgg(state, exemplar, size, evals) -> float:
+    return loop_seconds_per_eval(*vgg_problem(state, exemplar, size), evals)
+
+
+def time_floor_lbfgs_vgg(state, exemplar, size, evals) -> float:
+    return lbfgs_seconds_per_eval(*vgg_problem(state, exemplar, size), evals)
 
 
 def time_reference(state, exemplar, size, evals) -> tuple[float, float]:
-    """(seconds per evaluation, seconds of the progress bar's extra evaluation)."""
-    synthesis = vgg_features(state, trainable=True)  # the reference's trainable synthesis copy
-    target_copy = vgg_features(state, trainable=True)  # and its second copy for the exemplar
-    targets = [gram(f).detach() for f in taps(target_copy, exemplar)]
-    exemplar_fft = torch.fft.fft2(gray(exemplar))
-    image = torch.sigmoid(torch.randn(1, 3, size, size)).requires_grad_(True)
-    per_eval = lbfgs_seconds_per_eval(synthesis, image, targets, exemplar_fft, evals)
+    """(seconds per evaluation, seconds of the progress bar's extra evaluation).
+
+    The reference's synthesis copy has trainable weights (its backward computes weight
+    gradients), and it evaluates the loss once more per epoch for its progress bar.
+    """
+    image, loss_fn = vgg_problem(state, exemplar, size, trainable=True)
+    per_eval = lbfgs_seconds_per_eval(image, loss_fn, evals)
     start = time.perf_counter()
-    reference_loss(synthesis, image, targets, exemplar_fft).item()  # the progress bar's evaluation
+    loss_fn().item()  # the progress bar's evaluation
     return per_eval, time.perf_counter() - start
 
 
@@ -167,40 +191,14 @@ def time_texsynth(exemplar, size, evals, **options) -> tuple[float, int]:
 
 def time_floor_module(exemplar, size, evals, **options) -> float:
     """The floor for any texsynth recipe: its backbone, taps and losses, no Lightning, no optimizer."""
-    module = texsynth.TextureSynthesis(exemplar, seed=0, **options)
-    module._ensure_targets()
-    image = module.image.detach().clone().requires_grad_(True)
-    losses = list(module.loss_terms.values())
-    start = time.perf_counter()
-    for _ in range(evals):
-        image.grad = None
-        features = module.extractor(image)
-        sum(loss.weight * loss(image, features) for loss in losses).backward()
-    return (time.perf_counter() - start) / evals
+    image, loss_fn, _ = module_problem(exemplar, **options)
+    return loop_seconds_per_eval(image, loss_fn, evals)
 
 
 def time_floor_lbfgs_module(exemplar, size, evals, **options) -> float:
     """The module floor driven by a bare ``torch.optim.LBFGS`` with the recipe's settings."""
-    module = texsynth.TextureSynthesis(exemplar, seed=0, **options)
-    module._ensure_targets()
-    image = module.image.detach().clone().requires_grad_(True)
-    losses = list(module.loss_terms.values())
-    settings = {**module.lbfgs_options, "max_iter": evals, "tolerance_grad": -1.0, "tolerance_change": -1.0}
-    optimizer = torch.optim.LBFGS([image], **settings)
-    count = 0
-
-    def closure():
-        nonlocal count
-        count += 1
-        optimizer.zero_grad()
-        features = module.extractor(image)
-        loss = sum(loss.weight * loss(image, features) for loss in losses)
-        loss.backward()
-        return loss
-
-    start = time.perf_counter()
-    optimizer.step(closure)
-    return (time.perf_counter() - start) / count
+    image, loss_fn, settings = module_problem(exemplar, **options)
+    return lbfgs_seconds_per_eval(image, loss_fn, evals, **settings)
 
 
 def main() -> int:

@@ -119,12 +119,20 @@ def pending_items(items: list[WorkItem], manifest: Manifest, out: Path) -> list[
     ]
 
 
+def batch_state(manifest: Manifest, items: list[WorkItem]) -> tuple[int, list[dict[str, Any]]]:
+    """How many ``items`` are done, and the latest records of the failed ones."""
+    latest = manifest.latest()
+    records = [latest.get(item.key, {}) for item in items]
+    return (sum(record.get("status") == DONE for record in records),
+            [record for record in records if record.get("status") == FAILED])
+
+
 class BatchProgress:
     """Rank 0's view of the whole batch, read from the manifest every ``interval`` seconds."""
 
     def __init__(self, manifest: Manifest, items: list[WorkItem], already_done: int, interval: float = 5.0) -> None:
         self.manifest = manifest
-        self.keys = {item.key for item in items}
+        self.items = items
         self.total = len(items)
         self.already_done = already_done
         self.interval = interval
@@ -135,12 +143,8 @@ class BatchProgress:
 
     def counts(self) -> tuple[int, int]:
         """(done, failed) over the whole batch."""
-        done = failed = 0
-        for key, record in self.manifest.latest().items():
-            if key in self.keys:
-                done += record.get("status") == DONE
-                failed += record.get("status") == FAILED
-        return done, failed
+        done, failures = batch_state(self.manifest, self.items)
+        return done, len(failures)
 
     def line(self, done: int, failed: int) -> str:
         elapsed = time.time() - self.start
@@ -271,8 +275,9 @@ def _run_rank(fabric: Any, job: _Job) -> BatchResult:
                  len(items) - len(pending), world_size)
 
     processed, interrupted = 0, False
-    reporter = BatchProgress(manifest, items, len(items) - len(pending), job.progress_interval)
-    with reporter if rank == 0 and job.progress else nullcontext():
+    progress = (BatchProgress(manifest, items, len(items) - len(pending), job.progress_interval)
+                if rank == 0 and job.progress else nullcontext())
+    with progress:
         for item in mine:
             record = _synthesize_item(item, job, fabric.device, rank)
             manifest.append(record)
@@ -284,15 +289,11 @@ def _run_rank(fabric: Any, job: _Job) -> BatchResult:
                 break
         if world_size > 1:
             fabric.barrier()
-    failures: list[dict[str, Any]] = []
-    done = failed = 0
+    done, failures = 0, []
     if rank == 0:
         manifest.compact(item.key for item in items)
-        latest = manifest.latest()
-        statuses = [latest.get(item.key, {}).get("status") for item in items]
-        done, failed = statuses.count(DONE), statuses.count(FAILED)
-        failures = [latest[item.key] for item, status in zip(items, statuses) if status == FAILED]
-    return BatchResult(total=len(items), done=done, failed=failed, to_do=len(pending), processed_here=processed,
+        done, failures = batch_state(manifest, items)
+    return BatchResult(total=len(items), done=done, failed=len(failures), to_do=len(pending), processed_here=processed,
                        seconds=time.time() - start, manifest=manifest.path, rank=rank, world_size=world_size,
                        interrupted=interrupted, failures=failures)
 
