@@ -44,6 +44,17 @@ def test_gram_matrix_rejects_bad_input():
         gram_matrix(torch.zeros(1, 1, 2, 2), "bogus")
 
 
+def test_gram_matrix_gradient_is_exact_including_second_order():
+    # gram_matrix has its own backward ((dG + dGᵀ) F, one product instead of two)
+    features = torch.randn(2, 3, 4, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda f: gram_matrix(f, "chw"), (features,))
+    assert torch.autograd.gradgradcheck(lambda f: gram_matrix(f, "none"), (features,))
+    weights = torch.randn(2, 3, 3, dtype=torch.float64)  # not symmetric: both halves of dG count
+    (ours,) = torch.autograd.grad((gram_matrix(features, "none") * weights).sum(), features)
+    (plain,) = torch.autograd.grad((torch.einsum("bchw,bdhw->bcd", features, features) * weights).sum(), features)
+    torch.testing.assert_close(ours, plain)
+
+
 def test_gram_loss_gradcheck_in_float64():
     loss = GramLoss(layers=["f"], normalization="chw")
     target = torch.randn(1, 2, 3, 3, dtype=torch.float64)

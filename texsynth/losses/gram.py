@@ -41,7 +41,29 @@ def gram_matrix(features: torch.Tensor, normalization: str = "chw") -> torch.Ten
     batch, channels, height, width = features.shape
     flat = at_least_float32(features.reshape(batch, channels, height * width))
     divisor = GRAM_NORMALIZATIONS[normalization](channels, height, width)
-    return torch.bmm(flat, flat.transpose(1, 2)) / divisor
+    return _SelfOuterProduct.apply(flat) / divisor
+
+
+class _SelfOuterProduct(torch.autograd.Function):
+    """``F Fᵀ`` with a backward pass of one matrix product instead of two.
+
+    Autograd treats ``bmm(F, Fᵀ)`` as a product of two tensors: two ``(C x C) @ (C x N)``
+    products plus an addition of two ``C x N`` gradients. Since both factors are ``F``, the
+    gradient is ``(dG + dGᵀ) F``: one product, about a third less Gram arithmetic per
+    evaluation (the Gram matrices of wide full-resolution layers dominate the weight-free
+    backbones' cost). The backward is written with differentiable ops, so double backward
+    works.
+    """
+
+    @staticmethod
+    def forward(ctx, flat: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(flat)
+        return torch.bmm(flat, flat.transpose(1, 2))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (flat,) = ctx.saved_tensors
+        return torch.bmm(grad + grad.transpose(1, 2), flat)
 
 
 @register_loss("gram")

@@ -1,0 +1,63 @@
+"""Forward + backward-to-the-image time of one frozen random bank (3 -> 128 channels, "same"
+padding), by kernel size and method: the library's convolution, the matrix-product backward,
+and the FFT (``texsynth.backbones.fast_conv``). Side by side in one process, best of
+``--repeats``; prints a Markdown table and what ``method="auto"`` picks.
+
+    python benchmarks/conv.py --sizes 256 512
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+
+import torch
+
+from texsynth.backbones.base import freeze_module
+from texsynth.backbones.fast_conv import FastConv2d, auto_method
+
+KERNELS = (3, 5, 7, 11, 15, 23, 37, 55)
+METHODS = ("direct", "matmul", "fft")
+
+
+def seconds(conv: FastConv2d, image: torch.Tensor, repeats: int) -> float:
+    def once() -> None:
+        output = conv(image)
+        (grad,) = torch.autograd.grad(output, image, torch.ones_like(output))
+        float(grad[0, 0, 0, 0])
+
+    once()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        once()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
+    parser.add_argument("--kernels", type=int, nargs="+", default=list(KERNELS))
+    parser.add_argument("--filters", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    print("| size | kernel | direct ms | matmul backward ms | FFT ms | auto picks |")
+    print("|---|---|---|---|---|---|")
+    for size in args.sizes:
+        image = torch.rand(1, 3, size, size, requires_grad=True)
+        for k in args.kernels:
+            conv = freeze_module(FastConv2d(3, args.filters, k, padding=k // 2))
+            times = {}
+            for method in METHODS:
+                conv.method = method
+                times[method] = seconds(conv, image, args.repeats)
+            auto = auto_method(image.device, (k, k), 3)
+            print(f"| {size} | {k} | " + " | ".join(f"{times[m] * 1e3:.0f}" for m in METHODS) + f" | {auto} |",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()
