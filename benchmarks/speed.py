@@ -42,6 +42,7 @@ import texsynth
 from texsynth.api import fit
 from texsynth.examples import load_example
 from texsynth.image_io import center_crop_resize, load_image
+from texsynth.losses import gram_matrix
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_EXEMPLAR = HERE.parent.parent / "shared" / "textures" / "bubbly_0139.png"
@@ -77,9 +78,15 @@ def taps(features: nn.Sequential, image: torch.Tensor) -> list[torch.Tensor]:
 
 
 def gram(f: torch.Tensor) -> torch.Tensor:
+    """The reference's Gram matrix: plain autograd through ``F @ Fᵀ``."""
     _, c, h, w = f.shape
     flat = f.reshape(c, h * w)
     return flat @ flat.t() / (4 * c * h * w)
+
+
+def floor_gram(f: torch.Tensor) -> torch.Tensor:
+    """The same value with the cheapest known backward (one product), so the floor stays a floor."""
+    return gram_matrix(f, "4chw")[0]
 
 
 def gray(image: torch.Tensor) -> torch.Tensor:
@@ -87,8 +94,8 @@ def gray(image: torch.Tensor) -> torch.Tensor:
 
 
 def reference_loss(features: nn.Sequential, image: torch.Tensor, target_grams: list[torch.Tensor],
-                   exemplar_fft: torch.Tensor) -> torch.Tensor:
-    gram_loss = sum(1e9 * ((gram(f) - g) ** 2).sum() for f, g in zip(taps(features, image), target_grams))
+                   exemplar_fft: torch.Tensor, gram_fn=gram) -> torch.Tensor:
+    gram_loss = sum(1e9 * ((gram_fn(f) - g) ** 2).sum() for f, g in zip(taps(features, image), target_grams))
     o = torch.fft.fft2(gray(image))
     p = o * torch.conj(exemplar_fft)
     projected = torch.fft.ifft2(p / (torch.abs(p) + 1e-11) * exemplar_fft).real
@@ -134,7 +141,8 @@ def vgg_problem(state, exemplar, size, trainable=False):
     exemplar_fft = torch.fft.fft2(gray(exemplar))
     start = torch.sigmoid(torch.randn(1, 3, size, size)) if trainable else torch.rand(1, 3, size, size)
     image = start.requires_grad_(True)
-    return image, lambda: reference_loss(features, image, targets, exemplar_fft)
+    gram_fn = gram if trainable else floor_gram
+    return image, lambda: reference_loss(features, image, targets, exemplar_fft, gram_fn)
 
 
 def module_problem(exemplar, **options):
