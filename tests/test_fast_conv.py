@@ -102,3 +102,26 @@ def test_weight_free_backbones_give_the_same_features_and_gradients_as_direct_co
     (g_direct,) = torch.autograd.grad(direct.square().sum(), image)
     torch.testing.assert_close(fast, direct, rtol=1e-4, atol=1e-3)
     torch.testing.assert_close(g_fast, g_direct, rtol=1e-4, atol=1e-2 * g_direct.abs().max().item())
+
+
+@pytest.mark.parametrize("tile", [False, True])
+def test_fused_banks_equal_the_unfused_banks_and_their_gradient(tile):
+    backbone = create_backbone("random_pyramid", levels=2, filters=4)
+    backbone.set_circular_padding(tile)
+    image = torch.rand(2, 3, 24, 20, dtype=torch.float64, requires_grad=True)
+    backbone = backbone.double()
+    fused = backbone(image)
+    assert type(fused.grad_fn).__name__ == "_BanksReLUBackward"
+    weights = torch.randn_like(fused)
+    (g_fused,) = torch.autograd.grad((fused * weights).sum(), image)
+    handle = backbone.level1.k11.register_forward_hook(lambda *args: None)  # a tapped bank: unfused
+    handle0 = backbone.level0.k3.register_forward_hook(lambda *args: None)
+    try:
+        unfused = backbone(image)
+    finally:
+        handle.remove()
+        handle0.remove()
+    assert type(unfused.grad_fn).__name__ != "_BanksReLUBackward"
+    (g_unfused,) = torch.autograd.grad((unfused * weights).sum(), image)
+    torch.testing.assert_close(fused, unfused)
+    torch.testing.assert_close(g_fused, g_unfused)

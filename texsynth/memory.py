@@ -1,8 +1,9 @@
 """A memory guard: refuse a synthesis that cannot fit, before it is killed by the OS.
 
 The estimate counts what scales with the output's pixels: the backbone's activations up to
-the deepest tap (measured once on a small probe image and scaled by area; autograd keeps
-roughly twice that alive through the backward pass; with gradient checkpointing only the
+the deepest tap (measured once on a small probe image and scaled by area: the tensors autograd
+saves for the backward pass, plus two tensors the size of the largest of them — its gradient
+and one working copy — alive during the backward pass; with gradient checkpointing twice the
 tapped activations plus the largest recomputed segment), the L-BFGS history (two
 image-sized vectors per remembered step, bounded by the module, plus a few working copies)
 and the image itself. Nothing else grows with the output size: Gram matrices and targets
@@ -22,52 +23,90 @@ from texsynth.errors import InvalidArgumentError
 
 PROBE = 64
 BYTES_PER_FLOAT = 4
-AUTOGRAD_FACTOR = 2.0
 GIB = 1024**3
 
 
 def activation_floats_per_pixel(extractor: nn.Module | None) -> float:
-    """Floats autograd keeps per input pixel: every intermediate output up to the deepest
-    tap or, with checkpointing, the tapped ones plus the largest segment being recomputed."""
+    """Peak floats per input pixel of one forward + backward pass through the backbone.
+
+    Without checkpointing: what autograd saves up to the deepest tap (taps included) plus
+    twice the largest saved tensor (its gradient and a working copy exist at once in the
+    backward pass; measured: VGG19 and the weight-free pyramid at 2048x2048 within 10%).
+    With checkpointing, what is saved is the tapped outputs plus, while one segment is
+    recomputed, that segment's outputs.
+    """
     if extractor is None:
         return 0.0
-    total = 0
+    saved = _checkpointed_floats(extractor) if getattr(extractor, "checkpointing", False) else _saved_floats(extractor)
+    return (sum(saved) + 2 * max(saved, default=0)) / PROBE**2
+
+
+def _probe(extractor: nn.Module) -> torch.Tensor:
+    device = next(iter(extractor.model.buffers()), torch.zeros(())).device
+    return torch.zeros(1, 3, PROBE, PROBE, device=device)
+
+
+def _saved_floats(extractor: nn.Module) -> list[int]:
+    """Count, on a probe, the tensors autograd saves for the backward pass (each storage
+    once; the backbone's own weights excluded: they do not grow with the pixels)."""
+    weights = {t.untyped_storage().data_ptr() for t in (*extractor.buffers(), *extractor.parameters())}
+    kept: dict[int, int] = {}
+
+    def remember(tensor: torch.Tensor) -> None:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in weights:
+            kept[storage.data_ptr()] = storage.nbytes() // tensor.element_size()
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        remember(tensor)
+        return tensor
+
+    image = _probe(extractor).requires_grad_(True)
+    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        features = extractor(image)
+    for tensor in features.values():
+        remember(tensor)
+    return list(kept.values())
+
+
+def _checkpointed_floats(extractor: nn.Module) -> list[int]:
+    """Sizes of the tapped outputs and of the outputs of the largest run between two taps
+    (recomputed at once in the backward pass)."""
+    tapped: list[int] = []
     taps = set(getattr(extractor, "_modules_by_name", {}).values())
-    checkpointing = getattr(extractor, "checkpointing", False)
-    segment = largest_segment = 0
+    segment: list[int] = []
+    largest_segment: list[int] = []
 
     def count(module: nn.Module, inputs: Any, output: Any) -> None:
-        nonlocal total, segment, largest_segment
+        nonlocal segment, largest_segment
         if not isinstance(output, torch.Tensor):
             return
         if inputs and isinstance(inputs[0], torch.Tensor) and output.data_ptr() == inputs[0].data_ptr():
             return  # an in-place layer (ReLU) allocates nothing
-        if not checkpointing:
-            total += output.numel()
-            return
-        segment += output.numel()
-        largest_segment = max(largest_segment, segment)
         if module in taps:
-            total += output.numel()
-            segment = 0
+            tapped.append(output.numel())
+            segment = []
+            return
+        segment.append(output.numel())
+        if sum(segment) > sum(largest_segment):
+            largest_segment = list(segment)
 
     leaves = [m for m in extractor.model.modules() if not list(m.children()) or m in taps]
     handles = [m.register_forward_hook(count) for m in leaves]
-    device = next(iter(extractor.model.buffers()), torch.zeros(())).device
     try:
         with torch.no_grad():
-            extractor(torch.zeros(1, 3, PROBE, PROBE, device=device))
+            extractor(_probe(extractor))
     finally:
         for handle in handles:
             handle.remove()
-    return (total + largest_segment) / PROBE**2
+    return tapped + largest_segment
 
 
 def estimate_bytes(module: Any) -> int:
     """Approximate peak bytes of one loss evaluation plus the optimizer state."""
     height, width = module.output_size
     pixels = height * width * module.variations
-    activations = activation_floats_per_pixel(module.extractor) * pixels * AUTOGRAD_FACTOR
+    activations = activation_floats_per_pixel(module.extractor) * pixels
     history = module.lbfgs_options["history_size"]
     lbfgs = (2 * history + 6) * pixels * 3
     return int((activations + lbfgs + 4 * pixels * 3) * BYTES_PER_FLOAT)

@@ -189,3 +189,81 @@ def conv2d_input_grad(grad_output: torch.Tensor, weight: torch.Tensor, input_sha
             for v in range(kw):
                 grad_input[:, :, top + u : top + u + rows, v : v + out_w] += spread[:, :, u, v]
     return grad_input
+
+
+# ------------------------------------------------------------------- banks, fused with ReLU
+def banks_relu(image: torch.Tensor, convs: tuple[FastConv2d, ...]) -> torch.Tensor:
+    """``cat([relu(conv(image)) for conv in convs], dim=1)`` in one preallocated tensor.
+
+    Autograd would keep each bank's convolution output, its ReLU output and the
+    concatenation: three copies of the widest activation. Here each bank is written into
+    its slice of the result and rectified in place, and only the result is kept (its
+    positive entries are the ReLU's mask), so a full-resolution 3 x 128-channel bank costs
+    one copy. The backward pass computes each bank's input gradient the way its
+    ``FastConv2d`` would. Not twice differentiable.
+    """
+    if not (torch.is_grad_enabled() and image.requires_grad):
+        return _banks_relu_forward(image, convs)
+    if any(conv.resolved_method(image) == "fft" or conv.weight.requires_grad for conv in convs):
+        return torch.cat([F.relu(conv(image)) for conv in convs], dim=1)
+    return _BanksReLU.apply(image, convs)
+
+
+def _banks_relu_forward(image: torch.Tensor, convs: tuple[FastConv2d, ...]) -> torch.Tensor:
+    with torch.no_grad():
+        first = convs[0](image)
+        if len(convs) == 1:
+            return first.relu_()
+        output = first.new_empty(first.shape[0], sum(c.out_channels for c in convs), *first.shape[2:])
+        start = 0
+        for index, conv in enumerate(convs):
+            bank = first if index == 0 else conv(image)
+            output[:, start : start + conv.out_channels] = bank
+            del bank
+            start += conv.out_channels
+        return output.relu_()
+
+
+class _BanksReLU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, image: torch.Tensor, convs: tuple[FastConv2d, ...]) -> torch.Tensor:
+        output = _banks_relu_forward(image, convs)
+        ctx.save_for_backward(output)
+        ctx.convs, ctx.image_shape = convs, image.shape
+        ctx.methods = [conv.resolved_method(image) for conv in convs]
+        return output
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_output: torch.Tensor):
+        (output,) = ctx.saved_tensors
+        grad_image = None
+        start = 0
+        for conv, method in zip(ctx.convs, ctx.methods):
+            stop = start + conv.out_channels
+            grad_bank = grad_output[:, start:stop] * (output[:, start:stop] > 0)
+            grad = _conv_input_grad(conv, method, grad_bank, ctx.image_shape)
+            grad_image = grad if grad_image is None else grad_image.add_(grad)
+            start = stop
+        return grad_image, None
+
+
+def _conv_input_grad(conv: FastConv2d, method: str, grad_output: torch.Tensor, image_shape: torch.Size) -> torch.Tensor:
+    """Gradient to the (unpadded) image of ``conv`` (matmul or direct), given its output gradient."""
+    ph, pw = conv.padding
+    padded_shape = torch.Size((*image_shape[:2], image_shape[2] + 2 * ph, image_shape[3] + 2 * pw))
+    weight = conv.weight
+    if method == "matmul":
+        grad_padded = conv2d_input_grad(grad_output, weight, padded_shape)
+    else:
+        grad_padded = torch.nn.grad.conv2d_input(padded_shape, weight, grad_output)
+    if ph == pw == 0:
+        return grad_padded
+    if conv.padding_mode == "zeros":
+        return grad_padded[..., ph : ph + image_shape[2], pw : pw + image_shape[3]]
+    # circular / reflect: the adjoint of the padding, by autograd on a 3-channel image
+    with torch.enable_grad():
+        probe = grad_padded.new_zeros(image_shape, requires_grad=True)
+        padded = F.pad(probe, (pw, pw, ph, ph), mode=conv.padding_mode)
+        (grad_image,) = torch.autograd.grad(padded, probe, grad_padded)
+    return grad_image

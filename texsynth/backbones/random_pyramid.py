@@ -21,6 +21,7 @@ from torch import nn
 
 from texsynth.backbones._random import random_conv
 from texsynth.backbones.base import Backbone
+from texsynth.backbones.fast_conv import banks_relu
 from texsynth.backbones.registry import register_backbone
 from texsynth.errors import InvalidArgumentError
 
@@ -54,7 +55,10 @@ class RandomBanks(nn.Module):
             self.add_module(f"k{k}", nn.ReLU())
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        maps = [getattr(self, f"k{k}")(getattr(self, f"conv{k}")(image)) for k in self.kernel_sizes]
+        relus = [getattr(self, f"k{k}") for k in self.kernel_sizes]
+        if not any(relu._forward_hooks for relu in relus):  # no single bank tapped: fused, one copy
+            return banks_relu(image, tuple(getattr(self, f"conv{k}") for k in self.kernel_sizes))
+        maps = [relu(getattr(self, f"conv{k}")(image)) for k, relu in zip(self.kernel_sizes, relus)]
         return maps[0] if len(maps) == 1 else torch.cat(maps, dim=1)
 
 
