@@ -1,9 +1,12 @@
 """Forward + backward-to-the-image time of one frozen random bank (3 -> 128 channels, "same"
 padding), by kernel size and method: the library's convolution, the matrix-product backward,
 and the FFT (``texsynth.backbones.fast_conv``). Side by side in one process, best of
-``--repeats``; prints a Markdown table and what ``method="auto"`` picks.
+``--repeats``; prints a Markdown table and what ``method="auto"`` picks. Then the same for
+whole weight-free backbones (forward + backward to the image, as in one evaluation): every
+``FastConv2d`` forced to the library's convolution vs ``auto``.
 
     python benchmarks/conv.py --sizes 256 512
+    python benchmarks/conv.py --kernels --backbones random_pyramid random_multiscale
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import time
 
 import torch
 
+from texsynth.backbones import create_backbone
 from texsynth.backbones.base import freeze_module
 from texsynth.backbones.fast_conv import FastConv2d, auto_method
 
@@ -21,7 +25,7 @@ KERNELS = (3, 5, 7, 11, 15, 23, 37, 55)
 METHODS = ("direct", "matmul", "fft")
 
 
-def seconds(conv: FastConv2d, image: torch.Tensor, repeats: int) -> float:
+def seconds(conv: torch.nn.Module, image: torch.Tensor, repeats: int) -> float:
     def once() -> None:
         output = conv(image)
         (grad,) = torch.autograd.grad(output, image, torch.ones_like(output))
@@ -39,14 +43,16 @@ def seconds(conv: FastConv2d, image: torch.Tensor, repeats: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
-    parser.add_argument("--kernels", type=int, nargs="+", default=list(KERNELS))
+    parser.add_argument("--kernels", type=int, nargs="*", default=list(KERNELS))
+    parser.add_argument("--backbones", nargs="*", default=["random_pyramid", "random_multiscale"])
     parser.add_argument("--filters", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
-    print("| size | kernel | direct ms | matmul backward ms | FFT ms | auto picks |")
-    print("|---|---|---|---|---|---|")
-    for size in args.sizes:
+    if args.kernels:
+        print("| size | kernel | direct ms | matmul backward ms | FFT ms | auto picks |")
+        print("|---|---|---|---|---|---|")
+    for size in args.sizes if args.kernels else ():
         image = torch.rand(1, 3, size, size, requires_grad=True)
         for k in args.kernels:
             conv = freeze_module(FastConv2d(3, args.filters, k, padding=k // 2))
@@ -57,6 +63,22 @@ def main() -> None:
             auto = auto_method(image.device, (k, k), 3)
             print(f"| {size} | {k} | " + " | ".join(f"{times[m] * 1e3:.0f}" for m in METHODS) + f" | {auto} |",
                   flush=True)
+    if args.backbones:
+        print("\n| backbone | size | all direct s | auto s | speed-up |")
+        print("|---|---|---|---|---|")
+    for name in args.backbones:
+        backbone = create_backbone(name)
+        convs = [m for m in backbone.modules() if isinstance(m, FastConv2d)]
+        for size in args.sizes:
+            image = torch.rand(1, 3, size, size, requires_grad=True)
+            times = {"direct": [], "auto": []}
+            for _ in range(args.repeats):  # interleaved
+                for method in times:
+                    for conv in convs:
+                        conv.method = method
+                    times[method].append(seconds(backbone, image, 1))
+            direct, auto = min(times["direct"]), min(times["auto"])
+            print(f"| {name} | {size} | {direct:.2f} | {auto:.2f} | {direct / auto:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

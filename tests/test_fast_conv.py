@@ -125,3 +125,15 @@ def test_fused_banks_equal_the_unfused_banks_and_their_gradient(tile):
     (g_unfused,) = torch.autograd.grad((unfused * weights).sum(), image)
     torch.testing.assert_close(fused, unfused)
     torch.testing.assert_close(g_fused, g_unfused)
+
+
+def test_mixed_precision_takes_the_library_path_and_backpropagates():
+    backbone = create_backbone("random_pyramid", levels=2, filters=4)
+    image = torch.rand(1, 3, 24, 24, requires_grad=True)
+    reference = backbone(image)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert backbone.level0.conv3.resolved_method(image) == "direct"
+        mixed = backbone(image)
+    (grad,) = torch.autograd.grad(mixed.float().square().sum(), image)
+    assert mixed.dtype == torch.bfloat16 and torch.isfinite(grad).all() and grad.abs().sum() > 0
+    torch.testing.assert_close(mixed.float(), reference, rtol=0.05, atol=0.05 * reference.abs().max().item())

@@ -49,7 +49,7 @@ class FastConv2d(nn.Conv2d):
 
     ``method``: ``"auto"``, ``"direct"`` (``F.conv2d``), ``"matmul"`` (direct forward,
     matrix-product backward) or ``"fft"``. Weights that require a gradient always take the
-    direct path, as do dtypes other than float32/float64.
+    direct path, as do dtypes other than float32/float64 and autocast (mixed precision).
     """
 
     def __init__(self, *args, method: str = "auto", **kwargs) -> None:
@@ -73,7 +73,8 @@ class FastConv2d(nn.Conv2d):
     def resolved_method(self, input: torch.Tensor) -> str:
         """The path ``forward`` takes for ``input``."""
         weight_trainable = self.weight.requires_grad or (self.bias is not None and self.bias.requires_grad)
-        if weight_trainable or input.dtype not in (torch.float32, torch.float64) or self.method == "direct":
+        if (weight_trainable or input.dtype not in (torch.float32, torch.float64) or self.method == "direct"
+                or torch.is_autocast_enabled(input.device.type)):
             return "direct"
         if self.method == "auto":
             return auto_method(input.device, self.kernel_size, self.in_channels)
@@ -202,9 +203,10 @@ def banks_relu(image: torch.Tensor, convs: tuple[FastConv2d, ...]) -> torch.Tens
     one copy. The backward pass computes each bank's input gradient the way its
     ``FastConv2d`` would. Not twice differentiable.
     """
-    if not (torch.is_grad_enabled() and image.requires_grad):
+    mixed_precision = torch.is_autocast_enabled(image.device.type)
+    if not (torch.is_grad_enabled() and image.requires_grad) and not mixed_precision:
         return _banks_relu_forward(image, convs)
-    if any(conv.resolved_method(image) == "fft" or conv.weight.requires_grad for conv in convs):
+    if mixed_precision or any(conv.resolved_method(image) == "fft" or conv.weight.requires_grad for conv in convs):
         return torch.cat([F.relu(conv(image)) for conv in convs], dim=1)
     return _BanksReLU.apply(image, convs)
 
