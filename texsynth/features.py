@@ -54,6 +54,11 @@ class FeatureExtractor(nn.Module):
             self.enable_checkpointing()
 
     @property
+    def tapped_modules(self) -> dict[str, nn.Module]:
+        """``{layer_name: submodule}`` for the requested layers."""
+        return dict(self._modules_by_name)
+
+    @property
     def supports_checkpointing(self) -> bool:
         sequential = isinstance(self.model, nn.Sequential) or getattr(self.model, "sequential", False)
         children = {name for name, _ in self.model.named_children()}

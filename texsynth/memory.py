@@ -73,7 +73,7 @@ def _checkpointed_floats(extractor: nn.Module) -> list[int]:
     """Sizes of the tapped outputs and of the outputs of the largest run between two taps
     (recomputed at once in the backward pass)."""
     tapped: list[int] = []
-    taps = set(getattr(extractor, "_modules_by_name", {}).values())
+    taps = set(extractor.tapped_modules.values())
     segment: list[int] = []
     largest_segment: list[int] = []
 
