@@ -13,6 +13,7 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
+from texsynth.callbacks import StopWhenStalled
 from texsynth.checkpointing import SaveAndInterrupt
 from texsynth.errors import InvalidArgumentError
 from texsynth.image_io import ImageSource, save_image, to_pil
@@ -120,6 +121,7 @@ def synthesize(
     image_path: str | os.PathLike | None = None,
     resume: str | os.PathLike | None = None,
     coarse_levels: int | None = None,
+    stop_when_stalled: float | None = None,
     callbacks: Sequence[Any] = (),
     **module_options: Any,
 ) -> SynthesisResult:
@@ -130,9 +132,14 @@ def synthesize(
     ``coarse_levels`` coarser stages (1/2^k of the size, ``steps`` steps each) run first and
     start the full-size optimization (:mod:`texsynth.multiscale`); default: the preset's.
     Other keyword options go to :class:`TextureSynthesis` (``exemplar_size``, ``init``,
-    ``lbfgs``, …). TensorBoard logging is off unless ``logdir`` is given. ``seconds`` in the
-    result counts every stage.
+    ``lbfgs``, …). ``stop_when_stalled=f`` ends the full-size run early once the loss
+    improves by less than the fraction ``f`` per step for two steps in a row
+    (:class:`~texsynth.callbacks.StopWhenStalled`). TensorBoard logging is off unless
+    ``logdir`` is given. ``seconds`` in the result counts every stage.
     """
+    callbacks = list(callbacks)
+    if stop_when_stalled is not None:
+        callbacks.append(StopWhenStalled(stop_when_stalled))
     recipe_options = dict(backbone=backbone, weights=weights, losses=losses, preset=preset, **module_options)
     module = TextureSynthesis(exemplar, size=size, seed=seed, **recipe_options)
     levels = module.preset.coarse_levels if coarse_levels is None else coarse_levels
@@ -150,7 +157,7 @@ def synthesize(
     seconds, log_dir = fit(
         module, steps, logdir=logdir, log_images_every=log_images_every,
         checkpoint=checkpoint, checkpoint_every=checkpoint_every, image_path=image_path, resume=resume,
-        callbacks=list(callbacks), **trainer_options,
+        callbacks=callbacks, **trainer_options,
     )
     seconds += coarse_seconds
     with torch.no_grad():

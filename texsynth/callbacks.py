@@ -1,10 +1,12 @@
-"""Lightning callbacks of texsynth: images in TensorBoard."""
+"""Lightning callbacks of texsynth: images in TensorBoard, stopping when the loss stalls."""
 
 from __future__ import annotations
 
 import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
+
+from texsynth.errors import InvalidArgumentError
 
 
 class TensorBoardImages(L.Callback):
@@ -34,3 +36,30 @@ class TensorBoardImages(L.Callback):
                 writer.add_images("output", pl_module.outputs(), step)
 
 
+
+
+class StopWhenStalled(L.Callback):
+    """Stop a synthesis once the loss improves by less than ``min_improvement`` (relative, per
+    L-BFGS step) for ``patience`` steps in a row: ``--steps`` becomes an upper bound.
+
+    Reads the module's per-step ``loss_history`` (kept in checkpoints, so a resumed run
+    judges the same history); sets ``module.stalled`` when it stops the run.
+    """
+
+    def __init__(self, min_improvement: float, patience: int = 2) -> None:
+        if not isinstance(min_improvement, (int, float)) or not 0 < min_improvement < 1:
+            raise InvalidArgumentError(f"stop_when_stalled must be a fraction in (0, 1), got {min_improvement!r}")
+        if not isinstance(patience, int) or patience < 1:
+            raise InvalidArgumentError(f"patience must be a positive integer, got {patience!r}")
+        self.min_improvement, self.patience = float(min_improvement), patience
+
+    def stalled(self, history: list[float]) -> bool:
+        if len(history) <= self.patience:
+            return False
+        recent = history[-self.patience - 1:]
+        return all((before - after) < self.min_improvement * abs(before) for before, after in zip(recent, recent[1:]))
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
+        if self.stalled(pl_module.loss_history):
+            pl_module.stalled = True
+            trainer.should_stop = True

@@ -97,6 +97,9 @@ def _add_synthesis_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--init", help="starting image: sigmoid, uniform, gaussian, random_phase")
     command.add_argument("--coarse-levels", type=int, metavar="K",
                          help="coarse-to-fine: K smaller stages (1/2^K … 1/2 of the size) first (default: the preset's)")
+    command.add_argument("--stop-when-stalled", type=float, metavar="FRACTION",
+                         help="stop before --steps once the loss improves by less than FRACTION per step, "
+                              "two steps in a row (e.g. 0.01)")
     command.add_argument("--seed", type=int, help="random seed (default: drawn and reported)")
     command.add_argument("--tile", action="store_true", help="make the output seamlessly tileable")
     command.add_argument("--checkpoint-every", type=int, default=0, metavar="N",
@@ -153,6 +156,8 @@ def _recipe_options(args: argparse.Namespace) -> dict[str, object]:
         raise InvalidArgumentError(f"--seed must be >= 0, got {args.seed}")
     if args.coarse_levels is not None and args.coarse_levels < 0:
         raise InvalidArgumentError(f"--coarse-levels must be >= 0, got {args.coarse_levels}")
+    if args.stop_when_stalled is not None and not 0 < args.stop_when_stalled < 1:
+        raise InvalidArgumentError(f"--stop-when-stalled must be a fraction in (0, 1), got {args.stop_when_stalled}")
     weights_given = dict(parse_loss_argument(text) for text in args.loss)
     lbfgs = dict(extras.get("lbfgs") or {})
     if args.max_iter:
@@ -169,6 +174,7 @@ def _recipe_options(args: argparse.Namespace) -> dict[str, object]:
         "backbone_options": extras.get("backbone_options"),
         "lbfgs": lbfgs or None,
         "coarse_levels": args.coarse_levels,
+        "stop_when_stalled": args.stop_when_stalled,
     }
 
 
@@ -209,6 +215,7 @@ def _synthesize(args: argparse.Namespace) -> int:
     config = run_config(module, exemplar=args.exemplar, output=str(output), steps=args.steps, trainer=trainer)
     config["imports"] = list(args.imports)
     config["coarse_levels"] = module.preset.coarse_levels if args.coarse_levels is None else args.coarse_levels
+    config["stop_when_stalled"] = args.stop_when_stalled
     config_file = write_config(config, config_path_for(output))
     summary = {
         "output": str(output) if len(written) == 1 else [str(p) for p in written],
@@ -222,6 +229,7 @@ def _synthesize(args: argparse.Namespace) -> int:
         "size": [module.output_size[1], module.output_size[0]],
         "log_dir": result.log_dir,
         "diverged": module.diverged,
+        "stalled": module.stalled,
         "interrupted": module.interrupted,
         # only a checkpoint this run wrote, not one left by an earlier run
         "checkpoint": str(checkpoint) if _modified(checkpoint) not in (None, checkpoint_before) else None,

@@ -148,6 +148,7 @@ class TextureSynthesis(L.LightningModule):
         self.num_evals = 0
         self.num_steps = 0
         self.diverged = False
+        self.stalled = False  # set by callbacks.StopWhenStalled
         self.interrupted: str | None = None
         self.register_buffer("_last_good_image", self.image.detach().clone(), persistent=False)
         self.loss_history: list[float] = []
