@@ -36,8 +36,6 @@ class TensorBoardImages(L.Callback):
                 writer.add_images("output", pl_module.outputs(), step)
 
 
-
-
 class StopWhenStalled(L.Callback):
     """Stop a synthesis once the loss improves by less than ``min_improvement`` (relative, per
     L-BFGS step) for ``patience`` steps in a row: ``--steps`` becomes an upper bound.

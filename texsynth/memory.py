@@ -2,9 +2,9 @@
 
 The estimate counts what scales with the output's pixels: the backbone's activations up to
 the deepest tap (measured once on a small probe image and scaled by area: the tensors autograd
-saves for the backward pass, plus two tensors the size of the largest of them — its gradient
-and one working copy — alive during the backward pass; with gradient checkpointing twice the
-tapped activations plus the largest recomputed segment), the L-BFGS history (two
+saves for the backward pass — with gradient checkpointing, the tapped activations plus the
+largest recomputed segment — plus two tensors the size of the largest of them, its gradient
+and one working copy, alive during the backward pass), the L-BFGS history (two
 image-sized vectors per remembered step, bounded by the module, plus a few working copies)
 and the image itself. Nothing else grows with the output size: Gram matrices and targets
 depend on channel counts only.

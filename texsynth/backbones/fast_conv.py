@@ -217,11 +217,11 @@ def _banks_relu_forward(image: torch.Tensor, convs: tuple[FastConv2d, ...]) -> t
         if len(convs) == 1:
             return first.relu_()
         output = first.new_empty(first.shape[0], sum(c.out_channels for c in convs), *first.shape[2:])
-        start = 0
-        for index, conv in enumerate(convs):
-            bank = first if index == 0 else conv(image)
-            output[:, start : start + conv.out_channels] = bank
-            del bank
+        output[:, : first.shape[1]] = first
+        start = first.shape[1]
+        del first  # one bank-sized temporary at a time
+        for conv in convs[1:]:
+            output[:, start : start + conv.out_channels] = conv(image)
             start += conv.out_channels
         return output.relu_()
 
