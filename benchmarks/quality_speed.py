@@ -36,7 +36,7 @@ import lightning as L
 import torch
 
 import texsynth
-from texsynth.image_io import center_crop_resize, load_image
+from texsynth.image_io import center_crop_resize, load_image, save_image
 from texsynth.metrics import texture_metrics
 
 HERE = Path(__file__).resolve().parent
@@ -67,8 +67,70 @@ def run(exemplar, steps, every, options) -> list[tuple[float, int, torch.Tensor]
     return snapshots.shots
 
 
+def reference_curve(path: Path, exemplar: torch.Tensor, args) -> list[tuple[float, int, dict[str, float]]]:
+    """The reference recipe's (seconds, evaluations, metrics) curve, from ``--reference-cache`` if it has it."""
+    cache = None
+    if args.reference_cache:
+        cache = args.reference_cache / f"{path.stem}-{args.size}-{args.preset}-{args.reference_steps}-{args.every}.json"
+        if cache.exists():
+            return [tuple(entry) for entry in json.loads(cache.read_text())]
+    shots = run(exemplar, args.reference_steps, args.every, {"preset": args.preset, **REFERENCE_RECIPE})
+    curve = [(t, n, texture_metrics(img, exemplar)) for t, n, img in shots]
+    if cache:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps(curve))
+    return curve
+
+
 def quality(metrics: dict[str, float], final: dict[str, float]) -> float:
     return math.exp(statistics.fmean(math.log(max(metrics[m], 1e-9) / max(final[m], 1e-9)) for m in METRICS))
+
+
+def summarize(curve, final, target, reference_time: float, max_copy: float) -> dict:
+    """When a curve first reaches the reference's final metrics, and (copies excluded) its target's."""
+    reached = next(((t, n) for t, n, m in curve if quality(m, final) <= 1.0), None)
+    new_texture = next((t for t, n, m in curve if m["copy"] <= max_copy and quality(m, target[1]) <= 1.0), None) \
+        if target else None
+    return {"seconds": curve[-1][0], "evals": curve[-1][1], "final_q": quality(curve[-1][2], final),
+            "final_copy": curve[-1][2]["copy"],
+            "reached_seconds": reached[0] if reached else None,
+            "speedup": reference_time / reached[0] if reached else None,
+            "every_metric_seconds": next((t for t, n, m in curve if all(m[k] <= final[k] for k in METRICS)), None),
+            "target_q": quality(curve[-1][2], target[1]) if target else None,
+            "target_reached_seconds": new_texture,
+            "target_speedup": target[0] / new_texture if new_texture else None,
+            "curve": [(round(t, 2), n, round(quality(m, final), 3), {k: round(m[k], 5) for k in (*METRICS, "copy")})
+                      for t, n, m in curve]}
+
+
+def print_tables(results: list[dict], names: list[str], max_copy: float) -> None:
+    print("\n| texture | reference: s · final copy score | " + " | ".join(
+        f"{n}: reached at s (speed-up) · final q · copy" for n in names) + " |")
+    print("|---|---|" + "---|" * len(names))
+    for row in results:
+        cells = [(f"{row[n]['reached_seconds']:.1f} ({row[n]['speedup']:.1f}x)" if row[n]["reached_seconds"]
+                  else "not reached") + f" · {row[n]['final_q']:.2f} · {row[n]['final_copy']:.2f}" for n in names]
+        print(f"| {row['texture']} | {row['reference_seconds']:.0f} · {row['reference_final']['copy']:.2f} | "
+              + " | ".join(cells) + " |")
+    print(f"\nCopies excluded (copy score <= {max_copy}): the reference recipe's last new texture as the target")
+    print("| texture | reference: target at s | " + " | ".join(
+        f"{n}: reached at s (speed-up vs the same state) · q at the end" for n in names) + " |")
+    print("|---|---|" + "---|" * len(names))
+    for row in results:
+        if row["target"] is None:
+            print(f"| {row['texture']} | every snapshot is a copy |" + " |" * len(names))
+            continue
+        cells = [(f"{row[n]['target_reached_seconds']:.1f} ({row[n]['target_speedup']:.1f}x)"
+                  if row[n]["target_reached_seconds"] else "not reached") + f" · {row[n]['target_q']:.2f}"
+                 for n in names]
+        print(f"| {row['texture']} | {row['target_seconds']:.0f} | " + " | ".join(cells) + " |")
+    for name in names:
+        speedups = [row[name]["speedup"] for row in results if row[name]["speedup"]]
+        print(f"{name}: reached the reference recipe's final quality on {len(speedups)}/{len(results)} exemplars"
+              + (f"; median speed-up {statistics.median(speedups):.1f}x" if speedups else ""))
+        speedups = [row[name]["target_speedup"] for row in results if row[name]["target_speedup"]]
+        print(f"{name}: reached its last new texture's quality (no copy) on {len(speedups)}/{len(results)} exemplars"
+              + (f"; median speed-up {statistics.median(speedups):.1f}x" if speedups else ""))
 
 
 def main() -> int:
@@ -83,6 +145,11 @@ def main() -> int:
     parser.add_argument("--every", type=int, default=1)
     parser.add_argument("--variants", default="{}", help="JSON {name: synthesize options} to compare as well")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--max-copy", type=float, default=0.5,
+                        help="copy score above which an image counts as a copy of the exemplar, not a new texture")
+    parser.add_argument("--save-images", type=Path, help="folder for each recipe's final image")
+    parser.add_argument("--reference-cache", type=Path, default=None,
+                        help="folder keeping each reference curve (per exemplar, size, preset, steps) for later runs")
     args = parser.parse_args()
 
     from texsynth.cli import DEFAULT_STEPS
@@ -101,38 +168,27 @@ def main() -> int:
     results = []
     for path in files:
         exemplar = center_crop_resize(load_image(path), (args.size, args.size))
-        shots = run(exemplar, args.reference_steps, args.every, {"preset": args.preset, **REFERENCE_RECIPE})
-        curves = {"reference": [(t, n, texture_metrics(img, exemplar)) for t, n, img in shots]}
+        curves = {"reference": reference_curve(path, exemplar, args)}
+        finals = {}
         for name, (options, steps) in recipes.items():
             shots = run(exemplar, steps, 1, {"preset": args.preset, **options})
             curves[name] = [(t, n, texture_metrics(img, exemplar)) for t, n, img in shots]
+            finals[name] = shots[-1][2]
         reference_time, _, final = curves["reference"][-1]
-        row = {"texture": path.stem, "reference_seconds": reference_time, "reference_final": final}
+        target = next(((t, m) for t, n, m in reversed(curves["reference"]) if m["copy"] <= args.max_copy), None)
+        row = {"texture": path.stem, "reference_seconds": reference_time, "reference_final": final,
+               "target_seconds": target[0] if target else None, "target": target[1] if target else None}
         for name, curve in curves.items():
-            reached = next(((t, n) for t, n, m in curve if quality(m, final) <= 1.0), None)
-            row[name] = {"seconds": curve[-1][0], "evals": curve[-1][1], "final_q": quality(curve[-1][2], final),
-                         "reached_seconds": reached[0] if reached else None,
-                         "speedup": reference_time / reached[0] if reached else None,
-                         "curve": [(round(t, 2), n, round(quality(m, final), 3)) for t, n, m in curve]}
+            row[name] = summarize(curve, final, target, reference_time, args.max_copy)
         results.append(row)
         print(json.dumps({"texture": path.stem, **{name: {k: v for k, v in row[name].items() if k != "curve"}
                                                    for name in curves}}, default=str), flush=True)
+        if args.save_images:
+            args.save_images.mkdir(parents=True, exist_ok=True)
+            for name, image in finals.items():
+                save_image(image, args.save_images / f"{path.stem}-{args.size}-{name}.png")
 
-    names = ["reference", *recipes]
-    print(f"\n| texture | reference s | " + " | ".join(f"{n}: reached at s (speed-up) · final q" for n in names[1:]) + " |")
-    print("|---|---|" + "---|" * (len(names) - 1))
-    for row in results:
-        cells = []
-        for name in names[1:]:
-            entry = row[name]
-            reached = (f"{entry['reached_seconds']:.1f} ({entry['speedup']:.1f}x)" if entry["reached_seconds"]
-                       else "not reached")
-            cells.append(f"{reached} · {entry['final_q']:.2f}")
-        print(f"| {row['texture']} | {row['reference_seconds']:.0f} | " + " | ".join(cells) + " |")
-    for name in names[1:]:
-        speedups = [row[name]["speedup"] for row in results if row[name]["speedup"]]
-        print(f"{name}: reached the reference recipe's final quality on {len(speedups)}/{len(results)} exemplars; "
-              f"median speed-up {statistics.median(speedups):.1f}x" if speedups else f"{name}: never reached")
+    print_tables(results, list(recipes), args.max_copy)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1, default=str))
     return 0

@@ -114,6 +114,7 @@ def synthesize(
     accelerator: str = "auto",
     devices: int | str | list[int] = 1,
     precision: str | int | None = "32-true",
+    matmul_precision: str | None = None,
     progress_bar: bool = False,
     quiet: bool = True,
     checkpoint: str | os.PathLike | None = None,
@@ -144,7 +145,7 @@ def synthesize(
     module = TextureSynthesis(exemplar, size=size, seed=seed, **recipe_options)
     levels = module.preset.coarse_levels if coarse_levels is None else coarse_levels
     trainer_options = dict(quiet=quiet, accelerator=accelerator, devices=devices, precision=precision,
-                           progress_bar=progress_bar)
+                           matmul_precision=matmul_precision, progress_bar=progress_bar)
     coarse_seconds = 0.0
     if levels and resume is None:
         from texsynth.multiscale import coarse_to_fine_start

@@ -1,4 +1,5 @@
-"""Lightning callbacks of texsynth: images in TensorBoard, stopping when the loss stalls."""
+"""Lightning callbacks of texsynth: images in TensorBoard, stopping when the loss stalls,
+float32 matrix products at a chosen internal precision."""
 
 from __future__ import annotations
 
@@ -61,3 +62,36 @@ class StopWhenStalled(L.Callback):
         if self.stalled(pl_module.loss_history):
             pl_module.stalled = True
             trainer.should_stop = True
+
+
+#: ``torch.set_float32_matmul_precision`` levels
+MATMUL_PRECISIONS = ("highest", "high", "medium")
+
+
+class MatmulPrecision(L.Callback):
+    """Run a synthesis with float32 matrix products at a lower internal precision, then restore
+    the process's setting.
+
+    ``"medium"`` lets oneDNN multiply float32 matrices in bfloat16 with float32 accumulation on
+    CPUs with AMX or AVX-512 BF16 (the Gram matrices of wide layers, the weight-free banks'
+    input gradients); ``"high"``/``"medium"`` allow TF32 on CUDA GPUs. Statistics stay float32
+    tensors; only the products' inner arithmetic is rounded. Hardware without such units
+    computes as ``"highest"``.
+    """
+
+    def __init__(self, precision: str) -> None:
+        if precision not in MATMUL_PRECISIONS:
+            raise InvalidArgumentError(
+                f"matmul_precision must be one of {', '.join(MATMUL_PRECISIONS)}, got {precision!r}"
+            )
+        self.precision = precision
+        self._previous: str | None = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._previous = torch.get_float32_matmul_precision()
+        torch.set_float32_matmul_precision(self.precision)
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self._previous is not None:
+            torch.set_float32_matmul_precision(self._previous)
+            self._previous = None

@@ -11,7 +11,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from texsynth.callbacks import TensorBoardImages
+from texsynth.callbacks import MatmulPrecision, TensorBoardImages
 from texsynth.checkpointing import AtomicCheckpointIO
 from texsynth.errors import InvalidArgumentError
 
@@ -38,16 +38,21 @@ def make_trainer(
     accelerator: str = "auto",
     devices: int | str | Sequence[int] = 1,
     precision: str | int | None = "32-true",
+    matmul_precision: str | None = None,
     progress_bar: bool = True,
     log_images_every: int = 10,
     callbacks: Sequence[L.Callback] = (),
     **trainer_options: Any,
 ) -> L.Trainer:
-    """A Trainer running ``steps`` L-BFGS steps; ``logdir=False``/``None`` disables logging."""
+    """A Trainer running ``steps`` L-BFGS steps; ``logdir=False``/``None`` disables logging.
+
+    ``matmul_precision`` (``"highest"``, ``"high"``, ``"medium"``): the internal precision of
+    float32 matrix products during the run (:class:`~texsynth.callbacks.MatmulPrecision`).
+    """
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise InvalidArgumentError(f"steps must be a positive integer, got {steps!r}")
     logger: TensorBoardLogger | bool = False
-    extra: list[L.Callback] = []
+    extra: list[L.Callback] = [] if matmul_precision is None else [MatmulPrecision(matmul_precision)]
     if logdir:
         logger = TensorBoardLogger(save_dir=str(Path(logdir)), name=run_name, default_hp_metric=False)
         extra.append(TensorBoardImages(log_images_every))
