@@ -13,7 +13,7 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
-from texsynth.callbacks import StopWhenStalled
+from texsynth.callbacks import StopBeforeCopying, StopWhenStalled
 from texsynth.checkpointing import SaveAndInterrupt
 from texsynth.errors import InvalidArgumentError
 from texsynth.image_io import ImageSource, save_image, to_pil
@@ -123,6 +123,7 @@ def synthesize(
     resume: str | os.PathLike | None = None,
     coarse_levels: int | None = None,
     stop_when_stalled: float | None = None,
+    max_copy_score: float | None = None,
     callbacks: Sequence[Any] = (),
     **module_options: Any,
 ) -> SynthesisResult:
@@ -135,12 +136,16 @@ def synthesize(
     Other keyword options go to :class:`TextureSynthesis` (``exemplar_size``, ``init``,
     ``lbfgs``, …). ``stop_when_stalled=f`` ends the full-size run early once the loss
     improves by less than the fraction ``f`` per step for two steps in a row
-    (:class:`~texsynth.callbacks.StopWhenStalled`). TensorBoard logging is off unless
+    (:class:`~texsynth.callbacks.StopWhenStalled`); ``max_copy_score=s`` undoes the step
+    after which the output's copy score exceeds ``s`` and stops there
+    (:class:`~texsynth.callbacks.StopBeforeCopying`). TensorBoard logging is off unless
     ``logdir`` is given. ``seconds`` in the result counts every stage.
     """
     callbacks = list(callbacks)
     if stop_when_stalled is not None:
         callbacks.append(StopWhenStalled(stop_when_stalled))
+    if max_copy_score is not None:
+        callbacks.append(StopBeforeCopying(max_copy_score))
     recipe_options = dict(backbone=backbone, weights=weights, losses=losses, preset=preset, **module_options)
     module = TextureSynthesis(exemplar, size=size, seed=seed, **recipe_options)
     levels = module.preset.coarse_levels if coarse_levels is None else coarse_levels

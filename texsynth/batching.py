@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from texsynth._logging import log
-from texsynth.callbacks import MatmulPrecision, StopWhenStalled
+from texsynth.callbacks import MatmulPrecision, StopBeforeCopying, StopWhenStalled
 from texsynth.errors import InvalidArgumentError, TexsynthError
 from texsynth.manifest import DONE, FAILED, INTERRUPTED, MANIFEST_NAME, Manifest
 from texsynth.recipe import default_preset_name
@@ -242,6 +242,8 @@ def batch(
         StopWhenStalled(module_options["stop_when_stalled"])  # a bad value fails here, not once per item
     if module_options.get("matmul_precision") is not None:
         MatmulPrecision(module_options["matmul_precision"])
+    if module_options.get("max_copy_score") is not None:
+        StopBeforeCopying(module_options["max_copy_score"])
     find_exemplars(source, exclude=out)  # fail before launching processes
     if module_options.get("preset") is None and module_options.get("backbone") is None:
         module_options["preset"] = default_preset_name()  # decided (and reported) once, not per item

@@ -1,5 +1,5 @@
-"""Lightning callbacks of texsynth: images in TensorBoard, stopping when the loss stalls,
-float32 matrix products at a chosen internal precision."""
+"""Lightning callbacks of texsynth: images in TensorBoard, stopping when the loss stalls or
+before the output becomes a copy, float32 matrix products at a chosen internal precision."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from texsynth.errors import InvalidArgumentError
+from texsynth.metrics.functional import copy_score
 
 
 class TensorBoardImages(L.Callback):
@@ -64,6 +65,40 @@ class StopWhenStalled(L.Callback):
             trainer.should_stop = True
 
 
+class StopBeforeCopying(L.Callback):
+    """Stop a synthesis before its output turns into a copy of the exemplar, keeping the last
+    image that was not one.
+
+    Run long, an optimization can drift towards a shifted copy of the exemplar (the weight-free
+    default does at 128x128 after ~10 steps; README, Performance): the statistics of a small
+    image pin it down. After every step the output's copy score is measured
+    (:func:`texsynth.metrics.copy_score`: about 1 for a shifted copy, about 0.3 for a new
+    texture; the largest over a batch of variations); above ``max_copy_score`` the step is
+    undone (:meth:`TextureSynthesis.undo_step`) and the run stops, setting
+    ``module.stopped_before_copying``. ``module.copy_score`` is the kept image's score.
+    """
+
+    def __init__(self, max_copy_score: float) -> None:
+        if isinstance(max_copy_score, bool) or not isinstance(max_copy_score, (int, float)) \
+                or not 0 < max_copy_score < 1:
+            raise InvalidArgumentError(f"max_copy_score must be a number in (0, 1), got {max_copy_score!r}")
+        self.max_copy_score = float(max_copy_score)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
+        if pl_module.diverged or pl_module.num_steps == 0:
+            return
+        exemplar = pl_module.exemplar[0].float()
+        with torch.no_grad():
+            score = max(float(copy_score(pl_module.image[index].detach().float().clamp(0, 1), exemplar))
+                        for index in range(pl_module.image.shape[0]))
+        if score > self.max_copy_score:
+            pl_module.undo_step()
+            pl_module.stopped_before_copying = True
+            trainer.should_stop = True
+        else:
+            pl_module.copy_score = score
+
+
 #: ``torch.set_float32_matmul_precision`` levels
 MATMUL_PRECISIONS = ("highest", "high", "medium")
 
@@ -92,6 +127,12 @@ class MatmulPrecision(L.Callback):
         torch.set_float32_matmul_precision(self.precision)
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._restore()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._restore()  # a failed run does not reach teardown
+
+    def _restore(self) -> None:
         if self._previous is not None:
             torch.set_float32_matmul_precision(self._previous)
             self._previous = None

@@ -100,6 +100,9 @@ def _add_synthesis_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--stop-when-stalled", type=float, metavar="FRACTION",
                          help="stop before --steps once the loss improves by less than FRACTION per step, "
                               "two steps in a row (e.g. 0.01)")
+    command.add_argument("--max-copy-score", type=float, metavar="SCORE",
+                         help="undo the step after which the output's copy score (about 1 for a shifted "
+                              "copy of the exemplar, 0.3 for a new texture) exceeds SCORE, and stop (e.g. 0.5)")
     command.add_argument("--seed", type=int, help="random seed (default: drawn and reported)")
     command.add_argument("--tile", action="store_true", help="make the output seamlessly tileable")
     command.add_argument("--checkpoint-every", type=int, default=0, metavar="N",
@@ -161,6 +164,8 @@ def _recipe_options(args: argparse.Namespace) -> dict[str, object]:
         raise InvalidArgumentError(f"--coarse-levels must be >= 0, got {args.coarse_levels}")
     if args.stop_when_stalled is not None and not 0 < args.stop_when_stalled < 1:
         raise InvalidArgumentError(f"--stop-when-stalled must be a fraction in (0, 1), got {args.stop_when_stalled}")
+    if args.max_copy_score is not None and not 0 < args.max_copy_score < 1:
+        raise InvalidArgumentError(f"--max-copy-score must be in (0, 1), got {args.max_copy_score}")
     weights_given = dict(parse_loss_argument(text) for text in args.loss)
     lbfgs = dict(extras.get("lbfgs") or {})
     if args.max_iter:
@@ -179,6 +184,7 @@ def _recipe_options(args: argparse.Namespace) -> dict[str, object]:
         "coarse_levels": args.coarse_levels,
         "stop_when_stalled": args.stop_when_stalled,
         "matmul_precision": args.matmul_precision,
+        "max_copy_score": args.max_copy_score,
     }
 
 
@@ -221,6 +227,7 @@ def _synthesize(args: argparse.Namespace) -> int:
     config["coarse_levels"] = module.preset.coarse_levels if args.coarse_levels is None else args.coarse_levels
     config["stop_when_stalled"] = args.stop_when_stalled
     config["matmul_precision"] = args.matmul_precision
+    config["max_copy_score"] = args.max_copy_score
     config_file = write_config(config, config_path_for(output))
     summary = {
         "output": str(output) if len(written) == 1 else [str(p) for p in written],
@@ -235,6 +242,8 @@ def _synthesize(args: argparse.Namespace) -> int:
         "log_dir": result.log_dir,
         "diverged": module.diverged,
         "stalled": module.stalled,
+        "stopped_before_copying": module.stopped_before_copying,
+        "copy_score": module.copy_score,
         "interrupted": module.interrupted,
         # only a checkpoint this run wrote, not one left by an earlier run
         "checkpoint": str(checkpoint) if _modified(checkpoint) not in (None, checkpoint_before) else None,

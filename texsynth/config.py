@@ -23,7 +23,7 @@ CONFIG_KEYS = frozenset({
     "backbone_options", "weights", "losses", "init", "seed", "variations", "tile", "lbfgs",
     "logdir", "no_log", "log_images_every", "accelerator", "precision", "imports",
     "checkpoint", "checkpoint_every", "coarse_levels", "stop_when_stalled",
-    "matmul_precision",
+    "matmul_precision", "max_copy_score",
 })
 
 

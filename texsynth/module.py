@@ -149,6 +149,8 @@ class TextureSynthesis(L.LightningModule):
         self.num_steps = 0
         self.diverged = False
         self.stalled = False  # set by callbacks.StopWhenStalled
+        self.stopped_before_copying = False  # set by callbacks.StopBeforeCopying
+        self.copy_score: float | None = None  # likewise: the output's last measured copy score
         self.interrupted: str | None = None
         self.register_buffer("_last_good_image", self.image.detach().clone(), persistent=False)
         self.loss_history: list[float] = []
@@ -209,6 +211,21 @@ class TextureSynthesis(L.LightningModule):
             "step %d. Lower the loss weights or the L-BFGS lr, or check custom losses.",
             self.num_steps + 1, total, self.num_steps,
         )
+
+    def undo_step(self) -> None:
+        """Put back the image the last step started from and forget that step.
+
+        Its L-BFGS curvature pairs go too (they describe the undone move), so a later step
+        starts the optimizer afresh from the restored image.
+        """
+        if self.num_steps == 0:
+            raise RuntimeError("no step to undo")
+        with torch.no_grad():
+            self.image.copy_(self._last_good_image)
+        if self._optimizer is not None:
+            self._optimizer.state.clear()
+        self.num_steps -= 1
+        self.loss_history.pop()
 
     def output(self, index: int = 0) -> torch.Tensor:
         """Result ``index`` as a ``(3, H, W)`` tensor clipped to [0, 1], on the CPU."""
