@@ -74,7 +74,9 @@ class Snapshots(L.Callback):
 def run(exemplar, steps, every, options) -> list[tuple[float, int, torch.Tensor]]:
     start = time.perf_counter()
     snapshots = Snapshots(start, every)
-    texsynth.synthesize(exemplar, steps=steps, seed=0, accelerator="cpu", callbacks=[snapshots], **options)
+    result = texsynth.synthesize(exemplar, steps=steps, seed=0, accelerator="cpu", callbacks=[snapshots], **options)
+    seconds, evals, _ = snapshots.shots[-1]
+    snapshots.shots[-1] = (seconds, evals, result.image)  # a step undone after the snapshot (max_copy_score)
     return snapshots.shots
 
 

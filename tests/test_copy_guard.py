@@ -78,3 +78,4 @@ def test_batch_checks_the_threshold_before_launching(tmp_path, exemplar):
     with pytest.raises(InvalidArgumentError, match="max_copy_score must be a number"):
         batch(tmp_path / "src", tmp_path / "out", max_copy_score=3, accelerator="cpu")
     assert not (tmp_path / "out").exists()
+

@@ -34,3 +34,15 @@ def test_with_cached_weights_vgg19_is_chosen(torch_home, texsynth_log):
     path.write_bytes(b"cached")
     assert default_preset_name() == "vgg19"
     assert "vgg19" in texsynth_log.records[-1].getMessage()
+
+
+def test_python_api_batch_and_cli_share_the_default_step_count():
+    import inspect
+
+    from texsynth import batch, synthesize
+    from texsynth.cli import build_parser
+    from texsynth.presets import DEFAULT_STEPS
+
+    assert inspect.signature(synthesize).parameters["steps"].default == DEFAULT_STEPS
+    assert inspect.signature(batch).parameters["steps"].default == DEFAULT_STEPS
+    assert build_parser().parse_args(["synthesize", "weave", "-o", "x.png"]).steps == DEFAULT_STEPS

@@ -18,6 +18,7 @@ from texsynth.checkpointing import SaveAndInterrupt
 from texsynth.errors import InvalidArgumentError
 from texsynth.image_io import ImageSource, save_image, to_pil
 from texsynth.module import TextureSynthesis
+from texsynth.presets import DEFAULT_STEPS
 from texsynth.trainer import DEFAULT_LOGDIR, make_trainer
 
 _LIGHTNING_LOGGERS = ("lightning.pytorch", "lightning.fabric", "lightning")
@@ -102,7 +103,7 @@ def fit(
 def synthesize(
     exemplar: ImageSource,
     *,
-    steps: int = 50,
+    steps: int = DEFAULT_STEPS,
     size: int | str | tuple[int, int] | None = None,
     backbone: Any = None,
     weights: Any = None,

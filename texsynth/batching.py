@@ -31,6 +31,7 @@ import torch
 from texsynth._logging import log
 from texsynth.callbacks import MatmulPrecision, StopBeforeCopying, StopWhenStalled
 from texsynth.errors import InvalidArgumentError, TexsynthError
+from texsynth.presets import DEFAULT_STEPS
 from texsynth.manifest import DONE, FAILED, INTERRUPTED, MANIFEST_NAME, Manifest
 from texsynth.recipe import default_preset_name
 
@@ -203,7 +204,7 @@ def batch(
     out: str | os.PathLike,
     *,
     variations: int = 1,
-    steps: int = 8,
+    steps: int = DEFAULT_STEPS,
     seed: int = 0,
     accelerator: str = "auto",
     devices: int | str = 1,

@@ -16,11 +16,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from texsynth.errors import InvalidArgumentError, TexsynthError
+from texsynth.presets import DEFAULT_STEPS
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 EXIT_ITEMS_FAILED = 1  # `texsynth batch`: some items failed (the manifest says why)
-DEFAULT_STEPS = 8
 
 
 class _Parser(argparse.ArgumentParser):
