@@ -45,6 +45,18 @@ def test_a_run_below_the_threshold_runs_all_its_steps_and_reports_the_score(exem
     assert result.module.copy_score == pytest.approx(float(copy_score(result.image, result.module.exemplar[0])))
 
 
+def test_the_copy_score_is_logged_every_step(exemplar, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    result = synthesize(exemplar, steps=3, max_copy_score=0.999, logdir=tmp_path, **RUN)
+    events = EventAccumulator(result.log_dir, size_guidance={"scalars": 0})
+    events.Reload()
+    logged = events.Scalars("copy_score")
+    assert len(logged) == 3
+    assert [e.step for e in logged] == [e.step for e in events.Scalars("loss/total")]  # once per step
+    assert logged[-1].value == pytest.approx(result.module.copy_score)
+
+
 def test_an_output_that_is_the_exemplar_scores_as_a_copy(exemplar):
     shifted = torch.roll(exemplar[0], shifts=(5, 9), dims=(1, 2))
     noise = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(0))

@@ -75,7 +75,7 @@ class StopBeforeCopying(L.Callback):
     (:func:`texsynth.metrics.copy_score`: about 1 for a shifted copy, about 0.3 for a new
     texture; the largest over a batch of variations); above ``max_copy_score`` the step is
     undone (:meth:`TextureSynthesis.undo_step`) and the run stops, setting
-    ``module.stopped_before_copying``. ``module.copy_score`` is the kept image's score.
+    ``module.stopped_before_copying``. ``module.copy_score`` is the kept image's score (logged as ``copy_score``).
     """
 
     def __init__(self, max_copy_score: float) -> None:
@@ -97,6 +97,7 @@ class StopBeforeCopying(L.Callback):
             trainer.should_stop = True
         else:
             pl_module.copy_score = score
+            pl_module.log("copy_score", score, on_step=True, on_epoch=False)
 
 
 #: ``torch.set_float32_matmul_precision`` levels
