@@ -46,6 +46,20 @@ def test_precision_is_restored_when_the_run_fails(exemplar):
     assert torch.get_float32_matmul_precision() == before
 
 
+def test_per_backend_settings_made_by_the_caller_are_restored(exemplar):
+    before = torch.backends.mkldnn.matmul.fp32_precision
+    try:
+        torch.backends.mkldnn.matmul.fp32_precision = "bf16"  # torch's newer, per-backend API
+        recorder = RecordPrecision()
+        texsynth.synthesize(exemplar, **TINY_BACKBONE, steps=1, lbfgs={"max_iter": 2}, accelerator="cpu",
+                            matmul_precision="highest", callbacks=[recorder])
+        assert recorder.seen == ["highest"]
+        assert torch.backends.mkldnn.matmul.fp32_precision == "bf16"
+    finally:
+        torch.backends.mkldnn.matmul.fp32_precision = before
+        torch.set_float32_matmul_precision("highest")
+
+
 def test_bad_precision_is_named():
     with pytest.raises(InvalidArgumentError, match="matmul_precision must be one of highest, high, medium, got 'low'"):
         MatmulPrecision("low")

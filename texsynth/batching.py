@@ -31,8 +31,8 @@ import torch
 from texsynth._logging import log
 from texsynth.callbacks import MatmulPrecision, StopBeforeCopying, StopWhenStalled
 from texsynth.errors import InvalidArgumentError, TexsynthError
-from texsynth.presets import DEFAULT_STEPS
 from texsynth.manifest import DONE, FAILED, INTERRUPTED, MANIFEST_NAME, Manifest
+from texsynth.presets import DEFAULT_STEPS
 from texsynth.recipe import default_preset_name
 
 #: file suffixes taken as exemplars; anything else in the source folder is ignored.

@@ -75,7 +75,8 @@ class StopBeforeCopying(L.Callback):
     (:func:`texsynth.metrics.copy_score`: about 1 for a shifted copy, about 0.3 for a new
     texture; the largest over a batch of variations); above ``max_copy_score`` the step is
     undone (:meth:`TextureSynthesis.undo_step`) and the run stops, setting
-    ``module.stopped_before_copying``. ``module.copy_score`` is the kept image's score (logged as ``copy_score``).
+    ``module.stopped_before_copying``. ``module.copy_score`` is the kept image's score
+    (logged as ``copy_score``).
     """
 
     def __init__(self, max_copy_score: float) -> None:
@@ -121,10 +122,14 @@ class MatmulPrecision(L.Callback):
                 f"matmul_precision must be one of {', '.join(MATMUL_PRECISIONS)}, got {precision!r}"
             )
         self.precision = precision
-        self._previous: str | None = None
+        self._previous: tuple[str, ...] | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        self._previous = torch.get_float32_matmul_precision()
+        try:
+            self._previous = ("global", torch.get_float32_matmul_precision())
+        except RuntimeError:  # the process set per-backend precisions (torch.backends.*.fp32_precision)
+            self._previous = ("backends", torch.backends.mkldnn.matmul.fp32_precision,
+                              torch.backends.cuda.matmul.fp32_precision)
         torch.set_float32_matmul_precision(self.precision)
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -134,6 +139,11 @@ class MatmulPrecision(L.Callback):
         self._restore()  # a failed run does not reach teardown
 
     def _restore(self) -> None:
-        if self._previous is not None:
-            torch.set_float32_matmul_precision(self._previous)
-            self._previous = None
+        if self._previous is None:
+            return
+        if self._previous[0] == "global":
+            torch.set_float32_matmul_precision(self._previous[1])
+        else:
+            torch.backends.mkldnn.matmul.fp32_precision = self._previous[1]
+            torch.backends.cuda.matmul.fp32_precision = self._previous[2]
+        self._previous = None
