@@ -54,7 +54,10 @@ HERE = Path(__file__).resolve().parent
 DEFAULT_TEXTURES = HERE.parent.parent / "shared" / "textures"
 METRICS = ("swd", "spectrum", "lbp", "color")
 # tolerances 0: with its 1e9-weighted loss the reference never stops a step early; with the
-# scale-free losses torch's default tolerances would cut its steps short
+# scale-free losses torch's default tolerances would cut its steps short. Caveat: torch's L-BFGS
+# also drops curvature pairs with y's <= 1e-10, which on these pixel-averaged losses leaves this
+# recipe without curvature for its first ~100 evaluations at 128x128 and for all 5,000 at
+# 256x256 (README, Performance); the reference's own loss scale does not have that problem.
 REFERENCE_RECIPE = {"init": "sigmoid", "coarse_levels": 0,
                     "lbfgs": {"lr": 1.0, "max_iter": 20, "history_size": 100, "line_search_fn": None,
                               "tolerance_grad": 0.0, "tolerance_change": 0.0}}
