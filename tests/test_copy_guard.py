@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ import yaml
 
 import texsynth.callbacks
 from texsynth import synthesize
-from texsynth.callbacks import StopBeforeCopying
+from texsynth.callbacks import StopBeforeCopying, self_similarity
 from texsynth.cli import main
 from texsynth.errors import InvalidArgumentError
 from texsynth.metrics import copy_score
@@ -20,10 +21,11 @@ from conftest import TINY_BACKBONE
 RUN = dict(**TINY_BACKBONE, seed=0, lbfgs={"max_iter": 2}, accelerator="cpu")
 
 
-def scripted_scores(monkeypatch, scores):
+def scripted_scores(monkeypatch, scores, exemplar_self_similarity=0.2):
     """Make the guard see ``scores`` one step after another, whatever the images are."""
     queue = list(scores)
     monkeypatch.setattr(texsynth.callbacks, "copy_score", lambda preds, target: torch.tensor(queue.pop(0)))
+    monkeypatch.setattr(texsynth.callbacks, "self_similarity", lambda exemplar: exemplar_self_similarity)
 
 
 def test_the_step_that_copies_is_undone_and_the_run_stops(exemplar, monkeypatch):
@@ -61,6 +63,27 @@ def test_an_output_that_is_the_exemplar_scores_as_a_copy(exemplar):
     shifted = torch.roll(exemplar[0], shifts=(5, 9), dims=(1, 2))
     noise = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(0))
     assert float(copy_score(shifted, exemplar)) > 0.9 > 0.5 > float(copy_score(noise, exemplar))
+
+
+def test_a_periodic_exemplar_raises_the_threshold_to_its_own_self_similarity(exemplar, monkeypatch, caplog):
+    scripted_scores(monkeypatch, [0.7, 0.75, 0.8], exemplar_self_similarity=0.72)
+    logger = logging.getLogger("texsynth")
+    logger.addHandler(caplog.handler)
+    try:
+        result = synthesize(exemplar, steps=3, max_copy_score=0.5, **RUN)
+    finally:
+        logger.removeHandler(caplog.handler)
+    # 0.72 + 0.1 = 0.82: scores that would stop a stochastic texture's run are normal here
+    assert result.steps == 3 and not result.module.stopped_before_copying
+    assert "repeats itself" in caplog.text and "above 0.82 instead of 0.50" in caplog.text
+
+
+def test_self_similarity_tells_periodic_exemplars_from_stochastic_ones():
+    generator = torch.Generator().manual_seed(0)
+    tile = torch.rand(3, 16, 16, generator=generator)
+    periodic = tile.repeat(1, 4, 4)  # 64x64, period 16
+    stochastic = torch.rand(3, 64, 64, generator=generator)
+    assert self_similarity(periodic) > 0.95 and self_similarity(stochastic) < 0.5
 
 
 @pytest.mark.parametrize("bad", [0, 1, -0.2, 1.5, "x", True])

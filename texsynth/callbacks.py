@@ -7,6 +7,7 @@ import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from texsynth._logging import log
 from texsynth.errors import InvalidArgumentError
 from texsynth.metrics.functional import copy_score
 
@@ -73,17 +74,36 @@ class StopBeforeCopying(L.Callback):
     default does at 128x128 after ~10 steps; README, Performance): the statistics of a small
     image pin it down. After every step the output's copy score is measured
     (:func:`texsynth.metrics.copy_score`: about 1 for a shifted copy, about 0.3 for a new
-    texture; the largest over a batch of variations); above ``max_copy_score`` the step is
-    undone (:meth:`TextureSynthesis.undo_step`) and the run stops, setting
+    texture; the largest over a batch of variations); above the threshold the step is undone
+    (:meth:`TextureSynthesis.undo_step`) and the run stops, setting
     ``module.stopped_before_copying``. ``module.copy_score`` is the kept image's score
     (logged as ``copy_score``).
+
+    A periodic exemplar (bricks, weave) correlates with itself at every period, so any good
+    texture from it scores like a copy. The threshold is therefore at least the exemplar's own
+    self-similarity (the copy score between its halves, about 0.2-0.4 for stochastic textures,
+    0.85-1 for periodic ones) plus ``PERIODIC_MARGIN``.
     """
+
+    PERIODIC_MARGIN = 0.1
 
     def __init__(self, max_copy_score: float) -> None:
         if isinstance(max_copy_score, bool) or not isinstance(max_copy_score, (int, float)) \
                 or not 0 < max_copy_score < 1:
             raise InvalidArgumentError(f"max_copy_score must be a number in (0, 1), got {max_copy_score!r}")
         self.max_copy_score = float(max_copy_score)
+        self.threshold = self.max_copy_score
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        baseline = self_similarity(pl_module.exemplar[0].float())
+        self.threshold = max(self.max_copy_score, baseline + self.PERIODIC_MARGIN)
+        if self.threshold >= 1:
+            log.warning("the exemplar repeats itself (its halves have a copy score of %.2f): the copy score "
+                        "cannot tell its textures from copies, so max_copy_score is not applied", baseline)
+        elif self.threshold > self.max_copy_score:
+            log.warning("the exemplar repeats itself (its halves have a copy score of %.2f), so new textures "
+                        "score like copies; stopping before copying above %.2f instead of %.2f",
+                        baseline, self.threshold, self.max_copy_score)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
         if pl_module.diverged or pl_module.num_steps == 0:
@@ -92,13 +112,24 @@ class StopBeforeCopying(L.Callback):
         with torch.no_grad():
             score = max(float(copy_score(pl_module.image[index].detach().float().clamp(0, 1), exemplar))
                         for index in range(pl_module.image.shape[0]))
-        if score > self.max_copy_score:
+        if score > self.threshold:
             pl_module.undo_step()
             pl_module.stopped_before_copying = True
             trainer.should_stop = True
+            log.warning("stopped before copying: step %d reached a copy score of %.2f (> %.2f); kept the "
+                        "image of step %d", pl_module.num_steps + 1, score, self.threshold, pl_module.num_steps)
         else:
             pl_module.copy_score = score
             pl_module.log("copy_score", score, on_step=True, on_epoch=False)
+
+
+def self_similarity(exemplar: torch.Tensor) -> float:
+    """Copy score between the exemplar's left and right (top and bottom) halves, the larger."""
+    height, width = exemplar.shape[-2:]
+    with torch.no_grad():
+        across = copy_score(exemplar[..., : width // 2], exemplar[..., width // 2:])
+        down = copy_score(exemplar[..., : height // 2, :], exemplar[..., height // 2:, :])
+    return float(max(across, down))
 
 
 #: ``torch.set_float32_matmul_precision`` levels
