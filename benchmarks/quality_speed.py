@@ -145,7 +145,7 @@ def print_tables(results: list[dict], names: list[str], max_copy: float) -> None
         print(f"{name}: reached the reference recipe's final quality on {len(speedups)}/{len(results)} exemplars"
               + (f"; median speed-up {statistics.median(speedups):.1f}x" if speedups else ""))
         speedups = [row[name]["target_speedup"] for row in results if row[name]["target_speedup"]]
-        print(f"{name}: reached its last new texture's quality (no copy) on {len(speedups)}/{len(results)} exemplars"
+        print(f"{name}: reached the reference recipe's last new texture (no copy) on {len(speedups)}/{len(results)} exemplars"
               + (f"; median speed-up {statistics.median(speedups):.1f}x" if speedups else ""))
 
 
