@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from texsynth.callbacks import MATMUL_PRECISIONS
 from texsynth.errors import InvalidArgumentError, TexsynthError
 from texsynth.presets import DEFAULT_STEPS
 
@@ -109,7 +110,7 @@ def _add_synthesis_options(command: argparse.ArgumentParser) -> None:
                          help="write a checkpoint every N steps (one is always written on Ctrl-C/SIGTERM)")
     command.add_argument("--log-images-every", type=int, default=10, help="log the image every N steps")
     command.add_argument("--precision", default="32-true", help="Lightning precision, e.g. 32-true, bf16-mixed")
-    command.add_argument("--matmul-precision", choices=("highest", "high", "medium"),  # callbacks.MATMUL_PRECISIONS
+    command.add_argument("--matmul-precision", choices=MATMUL_PRECISIONS,
                          help="internal precision of float32 matrix products: 'medium' multiplies in bfloat16 "
                               "on CPUs with AMX/AVX-512 BF16 (faster Gram matrices), TF32 on CUDA")
     command.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
