@@ -13,7 +13,7 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
-from texsynth.callbacks import StopBeforeCopying, StopWhenStalled
+from texsynth.callbacks import stopping_callbacks
 from texsynth.checkpointing import SaveAndInterrupt
 from texsynth.errors import InvalidArgumentError
 from texsynth.image_io import ImageSource, save_image, to_pil
@@ -142,11 +142,7 @@ def synthesize(
     (:class:`~texsynth.callbacks.StopBeforeCopying`). TensorBoard logging is off unless
     ``logdir`` is given. ``seconds`` in the result counts every stage.
     """
-    callbacks = list(callbacks)
-    if stop_when_stalled is not None:
-        callbacks.append(StopWhenStalled(stop_when_stalled))
-    if max_copy_score is not None:
-        callbacks.append(StopBeforeCopying(max_copy_score))
+    callbacks = [*callbacks, *stopping_callbacks(stop_when_stalled, max_copy_score)]
     recipe_options = dict(backbone=backbone, weights=weights, losses=losses, preset=preset, **module_options)
     module = TextureSynthesis(exemplar, size=size, seed=seed, **recipe_options)
     levels = module.preset.coarse_levels if coarse_levels is None else coarse_levels

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from texsynth._logging import log
-from texsynth.callbacks import MatmulPrecision, StopBeforeCopying, StopWhenStalled
+from texsynth.callbacks import MatmulPrecision, stopping_callbacks
 from texsynth.errors import InvalidArgumentError, TexsynthError
 from texsynth.manifest import DONE, FAILED, INTERRUPTED, MANIFEST_NAME, Manifest
 from texsynth.presets import DEFAULT_STEPS
@@ -239,12 +239,10 @@ def batch(
         raise InvalidArgumentError(f"OUT {out}: exists and is not a directory")
     if source.exists() and out.resolve() == source.resolve():
         raise InvalidArgumentError(f"OUT {out} is SRC; write the results to another folder")
-    if module_options.get("stop_when_stalled") is not None:
-        StopWhenStalled(module_options["stop_when_stalled"])  # a bad value fails here, not once per item
+    # bad values fail here, not once per item
+    stopping_callbacks(module_options.get("stop_when_stalled"), module_options.get("max_copy_score"))
     if module_options.get("matmul_precision") is not None:
         MatmulPrecision(module_options["matmul_precision"])
-    if module_options.get("max_copy_score") is not None:
-        StopBeforeCopying(module_options["max_copy_score"])
     find_exemplars(source, exclude=out)  # fail before launching processes
     if module_options.get("preset") is None and module_options.get("backbone") is None:
         module_options["preset"] = default_preset_name()  # decided (and reported) once, not per item

@@ -123,6 +123,16 @@ class StopBeforeCopying(L.Callback):
             pl_module.log("copy_score", score, on_step=True, on_epoch=False)
 
 
+def stopping_callbacks(stop_when_stalled: float | None = None, max_copy_score: float | None = None) -> list[L.Callback]:
+    """The callbacks ``synthesize``'s early-stopping options ask for; building them checks the values."""
+    callbacks: list[L.Callback] = []
+    if stop_when_stalled is not None:
+        callbacks.append(StopWhenStalled(stop_when_stalled))
+    if max_copy_score is not None:
+        callbacks.append(StopBeforeCopying(max_copy_score))
+    return callbacks
+
+
 def self_similarity(exemplar: torch.Tensor) -> float:
     """Copy score between the exemplar's left and right (top and bottom) halves, the larger."""
     height, width = exemplar.shape[-2:]
