@@ -114,3 +114,17 @@ def test_batch_checks_the_threshold_before_launching(tmp_path, exemplar):
         batch(tmp_path / "src", tmp_path / "out", max_copy_score=3, accelerator="cpu")
     assert not (tmp_path / "out").exists()
 
+
+def test_batch_manifest_records_which_items_stopped_before_copying(tmp_path, exemplar, monkeypatch):
+    from texsynth import batch
+    from texsynth.image_io import save_image
+    from texsynth.manifest import Manifest
+
+    save_image(exemplar, tmp_path / "src" / "a.png")
+    scripted_scores(monkeypatch, [0.2, 0.9])
+    result = batch(tmp_path / "src", tmp_path / "out", steps=4, max_copy_score=0.5, progress=False,
+                   **{key: value for key, value in RUN.items() if key != "seed"})
+    assert result.done == 1
+    (record,) = Manifest(tmp_path / "out" / "manifest.jsonl").records()
+    assert record["stopped_before_copying"] is True and record["steps"] == 1
+    assert record["copy_score"] == pytest.approx(0.2) and record["stalled"] is False

@@ -76,6 +76,10 @@ def test_a_checkpoint_of_other_settings_is_refused(exemplar, tmp_path):
     other = TextureSynthesis(exemplar, **TINY_BACKBONE, seed=0, size=24)
     with pytest.raises(InvalidArgumentError, match="checkpoint is for different settings: size"):
         fit(other, 3, logdir=False, progress_bar=False, quiet=True, resume=checkpoint)
+    # any option a loss was built with counts, not only the few attributes every loss has
+    other_loss = TextureSynthesis(exemplar, **TINY_BACKBONE, seed=0, losses={"spectrum": {"reduction": "sum"}})
+    with pytest.raises(InvalidArgumentError, match="different settings: losses .*'reduction': 'mean'"):
+        fit(other_loss, 3, logdir=False, progress_bar=False, quiet=True, resume=checkpoint)
     garbage = tmp_path / "garbage.ckpt"
     garbage.write_bytes(b"nope")
     with pytest.raises(InvalidArgumentError, match="garbage.ckpt"):

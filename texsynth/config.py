@@ -34,7 +34,7 @@ def run_config(module: Any, *, exemplar: str, output: str, steps: int, trainer: 
         spec = getattr(loss, "spec", None)
         if spec is None:
             raise InvalidArgumentError(f"loss {name!r} was passed as an object; its run cannot be written as YAML")
-        losses.append([spec[0], _plain(spec[1])])
+        losses.append([spec[0], yaml_safe(spec[1])])
     height, width = module.output_size
     ex_h, ex_w = module.exemplar.shape[-2:]
     return {
@@ -45,14 +45,14 @@ def run_config(module: Any, *, exemplar: str, output: str, steps: int, trainer: 
         "steps": steps,
         "preset": module.preset.name,
         "backbone": module.backbone_name,
-        "backbone_options": _plain(module.backbone_options),
+        "backbone_options": yaml_safe(module.backbone_options),
         "losses": losses,
         "init": module.init_kind,
         "seed": module.seed,
         "variations": module.variations,
         "tile": module.tile,
-        "lbfgs": _plain(module.lbfgs_options),
-        **_plain(trainer),
+        "lbfgs": yaml_safe(module.lbfgs_options),
+        **yaml_safe(trainer),
     }
 
 
@@ -90,12 +90,12 @@ def config_path_for(output: str | os.PathLike) -> Path:
     return output.with_name(f"{output.stem}.texsynth.yaml")
 
 
-def _plain(value: Any) -> Any:
+def yaml_safe(value: Any) -> Any:
     """YAML-safe copies: tuples to lists, paths to strings."""
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): yaml_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [yaml_safe(v) for v in value]
     if isinstance(value, os.PathLike):
         return str(value)
     return value

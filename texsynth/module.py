@@ -27,6 +27,7 @@ from torch import nn
 from texsynth._logging import log
 from texsynth.backbones import Backbone
 from texsynth.backbones.base import set_circular_padding
+from texsynth.config import yaml_safe
 from texsynth.errors import InvalidArgumentError
 from texsynth.features import FeatureExtractor
 from texsynth.image_io import ImageSource, Size, center_crop_resize, parse_size, save_image
@@ -420,6 +421,12 @@ def _check_lbfgs(options: Mapping[str, Any]) -> None:
 
 
 def _loss_config(loss: nn.Module) -> dict[str, Any]:
+    """How a loss was made, as compared when resuming: its registry name and every option it
+    was built with; for a loss passed as an object, its type and the attributes that shape it."""
+    spec = getattr(loss, "spec", None)
+    if spec is not None:
+        name, options = spec
+        return {"name": name, **yaml_safe(options), "weight": getattr(loss, "weight", None)}
     config: dict[str, Any] = {"type": type(loss).__name__, "weight": getattr(loss, "weight", None)}
     for key in ("layers", "normalization", "relative", "mode"):
         if hasattr(loss, key):
