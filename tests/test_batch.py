@@ -245,3 +245,27 @@ def test_per_item_tensorboard_logging_is_one_run_per_item(tmp_path):
     assert result.done == 2
     runs = {path.parent.parent.name for path in (tmp_path / "logs").rglob("events.out.tfevents.*")}
     assert runs == {"bricks", "weave"}
+
+
+def test_a_checkpoint_left_by_other_settings_is_discarded_and_the_item_starts_again(tmp_path, caplog):
+    import logging
+
+    src, out = _source(tmp_path / "src", names=("bricks",), corrupt=False), tmp_path / "out"
+    stale = out / ".texsynth-checkpoints" / "bricks.png.ckpt"
+    from texsynth import TextureSynthesis
+    from texsynth.api import fit
+
+    # an interrupted run's checkpoint, then the user changes --size before running the batch again
+    module = TextureSynthesis(src / "bricks.png", **{k: v for k, v in TINY.items() if k != "size"}, size=16)
+    fit(module, 1, logdir=False, progress_bar=False, quiet=True, checkpoint=stale, checkpoint_every=1)
+    assert stale.is_file()
+    logging.getLogger("texsynth").addHandler(caplog.handler)
+    try:
+        result = _run(src, out, steps=2)  # size 24, not 16: the checkpoint is for other settings
+    finally:
+        logging.getLogger("texsynth").removeHandler(caplog.handler)
+    assert result.done == 1 and result.failed == 0
+    record = Manifest(out / "manifest.jsonl").latest()[("bricks.png", 0)]
+    assert record["status"] == "done" and record["steps"] == 2
+    assert "ignoring its checkpoint (checkpoint is for different settings: size" in caplog.text
+    assert not stale.exists()

@@ -9,6 +9,7 @@ from texsynth import _logging  # noqa: F401  (configures the "texsynth" logger)
 from texsynth.api import SynthesisResult, TextureSynthesisCNN, synthesize
 from texsynth.batching import BatchResult, batch
 from texsynth.errors import (
+    CheckpointError,
     ImageLoadError,
     InvalidArgumentError,
     OutputWriteError,
@@ -24,6 +25,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BatchResult",
+    "CheckpointError",
     "ImageLoadError",
     "InvalidArgumentError",
     "OutputWriteError",

@@ -15,7 +15,7 @@ import torch
 
 from texsynth.callbacks import stopping_callbacks
 from texsynth.checkpointing import SaveAndInterrupt
-from texsynth.errors import InvalidArgumentError
+from texsynth.errors import CheckpointError, InvalidArgumentError
 from texsynth.image_io import ImageSource, save_image, to_pil
 from texsynth.module import TextureSynthesis
 from texsynth.presets import DEFAULT_STEPS
@@ -84,7 +84,7 @@ def fit(
     saver = SaveAndInterrupt(checkpoint, image_path, checkpoint_every)
     callbacks = [*trainer_options.pop("callbacks", ()), saver]
     if resume is not None and not Path(resume).is_file():
-        raise InvalidArgumentError(f"--resume {resume}: no such checkpoint file")
+        raise CheckpointError(f"--resume {resume}: no such checkpoint file")
     with quiet_lightning(quiet):
         trainer = make_trainer(steps, logdir=logdir, run_name=module.exemplar_name, callbacks=callbacks,
                                **trainer_options)
@@ -94,7 +94,7 @@ def fit(
         except (RuntimeError, KeyError, EOFError, pickle.UnpicklingError) as error:
             if resume is None:
                 raise
-            raise InvalidArgumentError(f"--resume {resume}: not a usable texsynth checkpoint ({error})".splitlines()[0]) from None
+            raise CheckpointError(f"--resume {resume}: not a usable texsynth checkpoint ({error})".splitlines()[0]) from None
         seconds = time.perf_counter() - start
     log_dir = trainer.logger.log_dir if trainer.logger is not None else None
     return seconds, log_dir

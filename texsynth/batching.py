@@ -30,7 +30,7 @@ import torch
 
 from texsynth._logging import log
 from texsynth.callbacks import MatmulPrecision, stopping_callbacks
-from texsynth.errors import InvalidArgumentError, TexsynthError
+from texsynth.errors import CheckpointError, InvalidArgumentError, TexsynthError
 from texsynth.manifest import DONE, FAILED, INTERRUPTED, MANIFEST_NAME, Manifest
 from texsynth.presets import DEFAULT_STEPS
 from texsynth.recipe import default_preset_name
@@ -330,8 +330,8 @@ def _synthesize_item(item: WorkItem, job: _Job, device: torch.device, rank: int)
         try:
             result = synthesize(job.source / item.exemplar, resume=checkpoint if checkpoint.is_file() else None,
                                 **options)
-        except InvalidArgumentError as error:
-            if not checkpoint.is_file() or "--resume" not in str(error):
+        except CheckpointError as error:  # unreadable, or made with settings since changed
+            if not checkpoint.is_file():
                 raise
             log.warning("%s: ignoring its checkpoint (%s); starting again", item.exemplar, error)
             checkpoint.unlink()

@@ -15,6 +15,10 @@ class InvalidArgumentError(TexsynthError, ValueError):
     """An option or argument has a value texsynth cannot use."""
 
 
+class CheckpointError(InvalidArgumentError):
+    """A checkpoint cannot be resumed: unreadable, not texsynth's, or made with other settings."""
+
+
 class ImageLoadError(TexsynthError, OSError):
     """An exemplar could not be read as an image."""
 

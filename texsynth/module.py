@@ -28,7 +28,7 @@ from texsynth._logging import log
 from texsynth.backbones import Backbone
 from texsynth.backbones.base import set_circular_padding
 from texsynth.config import yaml_safe
-from texsynth.errors import InvalidArgumentError
+from texsynth.errors import CheckpointError, InvalidArgumentError
 from texsynth.features import FeatureExtractor
 from texsynth.image_io import ImageSource, Size, center_crop_resize, parse_size, save_image
 from texsynth.init import INITS, initial_image
@@ -262,12 +262,12 @@ class TextureSynthesis(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         saved = checkpoint.get("texsynth")
         if saved is None:
-            raise InvalidArgumentError("checkpoint was not written by texsynth (no 'texsynth' entry)")
+            raise CheckpointError("checkpoint was not written by texsynth (no 'texsynth' entry)")
         ours = self.describe()
         different = [key for key in self.RESUME_KEYS if saved["settings"].get(key) != ours.get(key)]
         if different:
             key = different[0]
-            raise InvalidArgumentError(
+            raise CheckpointError(
                 f"checkpoint is for different settings: {key} was {saved['settings'].get(key)!r}, "
                 f"now {ours.get(key)!r}" + (f" (and {len(different) - 1} more)" if len(different) > 1 else "")
             )
