@@ -336,10 +336,7 @@ def _synthesize_item(item: WorkItem, job: _Job, device: torch.device, rank: int)
             log.warning("%s: ignoring its checkpoint (%s); starting again", item.exemplar, error)
             checkpoint.unlink()
             result = synthesize(job.source / item.exemplar, **options)
-        record.update(steps=result.steps, evals=result.evals, losses=result.losses,
-                      diverged=result.module.diverged, stalled=result.module.stalled,
-                      stopped_before_copying=result.module.stopped_before_copying,
-                      copy_score=result.module.copy_score)
+        record.update(steps=result.steps, evals=result.evals, losses=result.losses, **result.module.outcome())
         if result.module.interrupted:
             record.update(status=INTERRUPTED, error=f"stopped by {result.module.interrupted}; resumes from "
                                                      f"{checkpoint.relative_to(job.out).as_posix()}")

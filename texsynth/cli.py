@@ -241,10 +241,7 @@ def _synthesize(args: argparse.Namespace) -> int:
         "seed": module.seed,
         "size": [module.output_size[1], module.output_size[0]],
         "log_dir": result.log_dir,
-        "diverged": module.diverged,
-        "stalled": module.stalled,
-        "stopped_before_copying": module.stopped_before_copying,
-        "copy_score": module.copy_score,
+        **module.outcome(),
         "interrupted": module.interrupted,
         # only a checkpoint this run wrote, not one left by an earlier run
         "checkpoint": str(checkpoint) if _modified(checkpoint) not in (None, checkpoint_before) else None,

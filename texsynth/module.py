@@ -176,6 +176,11 @@ class TextureSynthesis(L.LightningModule):
             "lbfgs": dict(self.lbfgs_options),
         }
 
+    def outcome(self) -> dict[str, Any]:
+        """How the last run ended, as the CLI summary and the batch manifest report it."""
+        return {"diverged": self.diverged, "stalled": self.stalled,
+                "stopped_before_copying": self.stopped_before_copying, "copy_score": self.copy_score}
+
     # ------------------------------------------------------------------ image state
     def _new_image(self) -> torch.Tensor:
         shape = (self.variations, 3, *self.output_size)
