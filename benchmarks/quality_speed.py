@@ -179,6 +179,8 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=None, help="texsynth steps (default: the CLI default)")
     parser.add_argument("--every", type=int, default=5, help="score the reference recipe every N steps")
     parser.add_argument("--variants", default="{}", help="JSON {name: synthesize options} to compare as well")
+    parser.add_argument("--skip-default", action="store_true",
+                        help="run the variants only (the default's curve from an earlier run is unchanged)")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--max-copy", type=float, default=0.5,
                         help="copy score above which an image counts as a copy of the exemplar, not a new texture")
@@ -196,7 +198,7 @@ def main() -> int:
     if not files:
         print(f"no exemplars in {args.textures}", file=sys.stderr)
         return 2
-    recipes = {"texsynth": ({}, args.steps or DEFAULT_STEPS)}
+    recipes = {} if args.skip_default else {"texsynth": ({}, args.steps or DEFAULT_STEPS)}
     recipes.update({name: (options, args.steps or DEFAULT_STEPS) for name, options in json.loads(args.variants).items()})
     print(f"# {len(files)} exemplars at {args.size}x{args.size}, preset {args.preset}, {torch.get_num_threads()} "
           f"threads; reference recipe {args.reference_steps} steps, losses x{args.reference_loss_scale:g}")

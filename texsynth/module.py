@@ -32,6 +32,7 @@ from texsynth.errors import CheckpointError, InvalidArgumentError
 from texsynth.features import FeatureExtractor
 from texsynth.image_io import ImageSource, Size, center_crop_resize, parse_size, save_image
 from texsynth.init import INITS, initial_image
+from texsynth.losses.base import float32_statistics
 from texsynth.memory import check_memory
 from texsynth.presets import LBFGS_DEFAULTS, Preset
 from texsynth.recipe import LossSpec, resolve_recipe
@@ -309,7 +310,9 @@ class TextureSynthesis(L.LightningModule):
             image = image.unsqueeze(0)
         self._ensure_targets()
         features = self._features(image)
-        terms = {name: loss.weight * loss(image, features) for name, loss in self.loss_terms.items()}
+        # mixed precision: the backbone in bfloat16, every loss's statistics in float32
+        with float32_statistics(image.device):
+            terms = {name: loss.weight * loss(image, features) for name, loss in self.loss_terms.items()}
         terms["total"] = torch.stack(list(terms.values())).sum()
         return terms
 
@@ -339,7 +342,10 @@ class TextureSynthesis(L.LightningModule):
             optimizer.zero_grad()
             terms = self.compute_losses()
             self.num_evals += 1
-            self.manual_backward(terms["total"])
+            # outside autocast, as torch advises: the statistics' backward stays float32 (the
+            # bfloat16 backbone's backward stays bfloat16, its tensors are)
+            with float32_statistics(self.image.device):
+                self.manual_backward(terms["total"])
             # L-BFGS reads the loss on the host right after the closure anyway.
             if not torch.isfinite(terms["total"]):
                 raise _Diverged(float(terms["total"].detach()))

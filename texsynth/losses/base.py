@@ -12,6 +12,7 @@ not depend on the others.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Mapping
 
@@ -65,3 +66,15 @@ def check_weight(weight: object, name: str) -> float:
 def at_least_float32(tensor: torch.Tensor) -> torch.Tensor:
     """Statistics are computed in float32 (or float64 if given): half precision loses them."""
     return tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor
+
+
+def float32_statistics(device: torch.device | str) -> contextlib.AbstractContextManager:
+    """Autocast off, for statistics of a mixed-precision backbone's features.
+
+    Casting features to float32 is not enough under autocast: it would round the products
+    (Gram, covariance, projections) back to bfloat16.
+    """
+    device_type = torch.device(device).type
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from texsynth.errors import InvalidArgumentError
-from texsynth.losses.base import at_least_float32
+from texsynth.losses.base import at_least_float32, float32_statistics
 from texsynth.losses.layered import LayeredLoss
 from texsynth.losses.registry import register_loss
 
@@ -27,8 +27,8 @@ GRAM_NORMALIZATIONS = {
 def gram_matrix(features: torch.Tensor, normalization: str = "chw") -> torch.Tensor:
     """``(B, C, H, W)`` features to ``(B, C, C)`` Gram matrices ``F Fᵀ / norm``.
 
-    Computed in float32 even when features are reduced precision: Gram sums over all
-    pixels lose too much in bfloat16.
+    Computed in float32 even for reduced-precision features and under autocast: Gram sums
+    over all pixels lose too much in bfloat16.
     """
     if features.dim() != 4:
         raise InvalidArgumentError(
@@ -41,7 +41,8 @@ def gram_matrix(features: torch.Tensor, normalization: str = "chw") -> torch.Ten
     batch, channels, height, width = features.shape
     flat = at_least_float32(features.reshape(batch, channels, height * width))
     divisor = GRAM_NORMALIZATIONS[normalization](channels, height, width)
-    return _SelfOuterProduct.apply(flat) / divisor
+    with float32_statistics(flat.device):
+        return _SelfOuterProduct.apply(flat) / divisor
 
 
 class _SelfOuterProduct(torch.autograd.Function):
@@ -63,7 +64,8 @@ class _SelfOuterProduct(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         (flat,) = ctx.saved_tensors
-        return torch.bmm(grad + grad.transpose(1, 2), flat)
+        with float32_statistics(flat.device):  # a backward called under autocast
+            return torch.bmm(grad + grad.transpose(1, 2), flat)
 
 
 @register_loss("gram")
