@@ -12,6 +12,10 @@ from texsynth.examples import load_example
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
+#: for tests of what happens on a machine without a GPU (CI's)
+NEEDS_NO_GPU = pytest.mark.skipif(torch.cuda.is_available() or torch.backends.mps.is_available(),
+                                  reason="this machine has a GPU")
+
 #: a small weight-free backbone: cheap enough for many optimization steps in tests.
 TINY_BACKBONE = {"backbone": "random_multiscale", "backbone_options": {"kernel_sizes": (3, 5), "filters": 8}}
 

@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 
-from conftest import TINY_BACKBONE
+from conftest import NEEDS_NO_GPU, TINY_BACKBONE
 from texsynth.batching import (
     BatchProgress,
     batch,
@@ -157,6 +157,8 @@ def test_progress_line_counts_the_whole_batch(tmp_path):
     (["SRC", "SRC"], "is SRC"),
     (["SRC", "OUT", "--devices", "0"], "--devices must be a positive integer"),
     (["SRC", "OUT", "--variations", "0"], "--variations must be a positive integer"),
+    (["SRC", "OUT", "--precision", "fp8"], "precision 'fp8'"),
+    pytest.param(["SRC", "OUT", "--accelerator", "gpu"], "accelerator 'gpu'", marks=NEEDS_NO_GPU),
 ])
 def test_batch_cli_bad_input_is_one_line_exit_2(args, fragment, tmp_path, capsys):
     from texsynth.cli import main

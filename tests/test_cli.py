@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from conftest import NEEDS_NO_GPU
 from texsynth.cli import main
 from texsynth.image_io import save_image
 
@@ -80,6 +81,8 @@ def test_user_plugin_via_import_is_used_by_name(exemplar_png, tmp_path, monkeypa
         (["{ex}", "--import", "no_such_module_xyz"], "--import no_such_module_xyz"),
         (["{empty}"], "file is empty"),
         (["{text}"], "not an image"),
+        (["{ex}", "--precision", "fp8"], "precision 'fp8'"),
+        pytest.param(["{ex}", "--accelerator", "gpu"], "accelerator 'gpu'", marks=NEEDS_NO_GPU),
     ],
 )
 def test_bad_input_exits_2_with_one_line(args, fragment, exemplar_png, tmp_path, capsys):

@@ -34,6 +34,7 @@ from texsynth.errors import CheckpointError, InvalidArgumentError, TexsynthError
 from texsynth.manifest import DONE, FAILED, INTERRUPTED, MANIFEST_NAME, Manifest
 from texsynth.presets import DEFAULT_STEPS
 from texsynth.recipe import default_preset_name
+from texsynth.trainer import lightning_settings
 
 #: file suffixes taken as exemplars; anything else in the source folder is ignored.
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
@@ -248,8 +249,10 @@ def batch(
         module_options["preset"] = default_preset_name()  # decided (and reported) once, not per item
     job = _Job(source, out, variations, steps, seed, str(logdir) if logdir else None, log_images_every,
                precision, progress, progress_interval, checkpoint_every, module_options)
-    fabric = Fabric(accelerator=accelerator, devices=devices, num_nodes=num_nodes,
-                    strategy=_strategy(strategy, devices, num_nodes))
+    # the precision is checked here, once, on the devices the items will run on
+    with lightning_settings(accelerator, devices, precision):
+        fabric = Fabric(accelerator=accelerator, devices=devices, num_nodes=num_nodes,
+                        strategy=_strategy(strategy, devices, num_nodes), precision=precision)
     return fabric.launch(_run_rank, job)
 
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from texsynth.callbacks import MatmulPrecision, TensorBoardImages
@@ -58,19 +60,35 @@ def make_trainer(
         extra.append(TensorBoardImages(log_images_every))
     for pattern in _IRRELEVANT_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
-    return L.Trainer(
-        max_steps=steps,
-        max_epochs=-1,
-        accelerator=accelerator,
-        devices=devices,
-        precision=precision,
-        logger=logger,
-        callbacks=[*extra, *callbacks],
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        enable_progress_bar=progress_bar,
-        num_sanity_val_steps=0,
-        log_every_n_steps=1,
-        plugins=[AtomicCheckpointIO()],
-        **trainer_options,
-    )
+    with lightning_settings(accelerator, devices, precision):
+        return L.Trainer(
+            max_steps=steps,
+            max_epochs=-1,
+            accelerator=accelerator,
+            devices=devices,
+            precision=precision,
+            logger=logger,
+            callbacks=[*extra, *callbacks],
+            enable_checkpointing=False,
+            enable_model_summary=False,
+            enable_progress_bar=progress_bar,
+            num_sanity_val_steps=0,
+            log_every_n_steps=1,
+            plugins=[AtomicCheckpointIO()],
+            **trainer_options,
+        )
+
+
+@contextlib.contextmanager
+def lightning_settings(accelerator: Any, devices: Any, precision: Any) -> Iterator[None]:
+    """Turn Lightning's refusal of an accelerator, device list or precision (raised when a
+    ``Trainer`` or ``Fabric`` is built) into a one-line error naming the setting."""
+    try:
+        yield
+    except (MisconfigurationException, ValueError, RuntimeError, ImportError) as error:
+        message = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        if "precision" in message.lower():
+            setting = f"precision {precision!r}"
+        else:
+            setting = f"accelerator {accelerator!r} with devices {devices!r}"
+        raise InvalidArgumentError(f"{setting}: {message}") from None
