@@ -1,0 +1,61 @@
+"""The benchmark scripts still run and print their tables (tiny sizes: numbers are not checked,
+only that each script works end to end against the current package)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from texsynth.examples import load_example
+from texsynth.image_io import save_image
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def _run(script: str, *args: str) -> str:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    done = subprocess.run([sys.executable, str(BENCHMARKS / script), *args], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def test_speed_prints_the_floor_ratio():
+    out = _run("speed.py", "--exemplar", "bricks", "--size", "32", "--recipe", "weight_free", "--repeats", "1",
+               "--evals", "1")
+    assert re.search(r"^floor \(bare forward\+backward\+loss\)\s+[\d.]+\s+[\d.]+\s+1\.000$", out, re.M)
+    ratio = re.search(r"texsynth/floor per evaluation: ([\d.]+)", out)
+    assert ratio and float(ratio.group(1)) > 0
+
+
+def test_precision_prints_one_row_per_setting():
+    out = _run("precision.py", "--sizes", "32", "--repeats", "1", "--evals", "1")
+    rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| weight_free | 32 |")]
+    assert [row[2].strip() for row in rows] == ["fp32", "bf16-mixed", "matmul-medium"]
+    assert rows[0][6].strip() == "1.00x" and float(rows[0][7]) == 0.0
+
+
+def test_memory_prints_peak_growth_and_estimate():
+    out = _run("memory.py", "--sizes", "32", "--evals", "1", "--options", '{"preset": "weight_free"}')
+    row = out.strip().splitlines()[-1].split()
+    assert row[0] == "32" and len(row) == 6
+    peak, growth, estimate = map(float, row[1:4])
+    assert peak >= growth > 0 and estimate > 0
+
+
+def test_quality_speed_scores_both_recipes(tmp_path):
+    textures = tmp_path / "textures"
+    textures.mkdir()
+    save_image(load_example("bricks", size=48), textures / "bricks.png")
+    out = _run("quality_speed.py", "--textures", str(textures), "--size", "32", "--reference-steps", "2",
+               "--steps", "1", "--every", "1", "--json", str(tmp_path / "qs.json"),
+               "--reference-cache", str(tmp_path / "cache"))
+    assert "texsynth: reached the reference recipe's final quality on" in out
+    (row,) = json.loads((tmp_path / "qs.json").read_text())
+    assert row["texture"] == "bricks"
+    assert row["reference"]["evals"] > 0 and row["texsynth"]["evals"] > 0
+    assert list((tmp_path / "cache").glob("bricks-32-weight_free-2-1-x100.json"))
