@@ -8,7 +8,10 @@ and the best kept (the median alongside):
 - ``bf16-mixed``: the backbone under autocast in bfloat16, every loss's statistics in float32
   (``--precision bf16-mixed``);
 - ``matmul-medium``: float32 tensors, matrix products rounded to bfloat16 inside the kernels
-  (``--matmul-precision medium``; TF32 at ``high`` on CUDA).
+  (``--matmul-precision medium``; TF32 at ``high`` on CUDA);
+- ``channels-last`` and ``compile`` (not run unless named in ``--settings``): the backbone's
+  weights and the image in ``torch.channels_last`` memory format; the whole evaluation under
+  ``torch.compile`` (the compiling time is printed separately).
 
 Accuracy: the loss and its gradient at the same image, relative to ``fp32`` (a line search
 needs losses that differ by more than this near convergence). ``--device cuda`` measures a
@@ -28,6 +31,7 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -35,16 +39,19 @@ import texsynth
 from texsynth.callbacks import MatmulPrecision
 from texsynth.examples import load_example
 
-SETTINGS = ("fp32", "bf16-mixed", "matmul-medium")
+SETTINGS = ("fp32", "bf16-mixed", "matmul-medium", "channels-last", "compile")
+DEFAULT_SETTINGS = SETTINGS[:3]  # compiling the weight-free backbone took over 10 min on a 2-core CPU
 RECIPES = {"weight_free": {"preset": "weight_free"},
            "vgg19": {"preset": "vgg19", "weights": "random"}}
 
 
-def precision_context(setting: str, device: torch.device) -> contextlib.AbstractContextManager:
+def setting_context(setting: str, module: torch.nn.Module, device: torch.device) -> contextlib.AbstractContextManager:
     if setting == "bf16-mixed":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     if setting == "matmul-medium":
         return _matmul_precision("medium")
+    if setting == "channels-last":
+        return _channels_last(module)
     return contextlib.nullcontext()
 
 
@@ -58,11 +65,29 @@ def _matmul_precision(value: str):
         callback.teardown(None, None, "fit")
 
 
-def evaluation(module: texsynth.TextureSynthesis, image: torch.Tensor) -> tuple[float, torch.Tensor]:
+@contextlib.contextmanager
+def _channels_last(module: torch.nn.Module):
+    module.to(memory_format=torch.channels_last)  # the backbone's 4-D weights
+    try:
+        yield
+    finally:
+        module.to(memory_format=torch.contiguous_format)
+
+
+def total_function(setting: str, module: texsynth.TextureSynthesis) -> Callable[[torch.Tensor], torch.Tensor]:
+    def total(image: torch.Tensor) -> torch.Tensor:
+        if setting == "channels-last":
+            image = image.contiguous(memory_format=torch.channels_last)
+        return module.compute_losses(image)["total"]
+
+    return torch.compile(total) if setting == "compile" else total
+
+
+def evaluation(total: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor) -> tuple[float, torch.Tensor]:
     image.grad = None
-    total = module.compute_losses(image)["total"]
-    total.backward()
-    return float(total.detach()), image.grad
+    value = total(image)
+    value.backward()
+    return float(value.detach()), image.grad
 
 
 def sync(device: torch.device) -> None:
@@ -75,7 +100,7 @@ def main() -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--sizes", type=int, nargs="+", default=[256])
     parser.add_argument("--recipes", nargs="+", choices=list(RECIPES), default=["weight_free"])
-    parser.add_argument("--settings", nargs="+", choices=SETTINGS, default=list(SETTINGS))
+    parser.add_argument("--settings", nargs="+", choices=SETTINGS, default=list(DEFAULT_SETTINGS))
     parser.add_argument("--evals", type=int, default=3, help="evaluations per timed repetition")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
@@ -94,18 +119,23 @@ def main() -> int:
             image = module.image.detach().clone().requires_grad_(True)
             reference: dict[str, tuple[float, torch.Tensor]] = {}
             times: dict[str, list[float]] = {setting: [] for setting in args.settings}
-            for setting in ("fp32", *args.settings):  # warm-up, and the values compared
-                with precision_context(setting, device):
-                    loss, grad = evaluation(module, image)
+            totals = {setting: total_function(setting, module) for setting in ("fp32", *args.settings)}
+            for setting in totals:  # warm-up (compiling, for "compile"), and the values compared
+                start = time.perf_counter()
+                with setting_context(setting, module, device):
+                    loss, grad = evaluation(totals[setting], image)
                 reference[setting] = (loss, grad.detach().clone())
+                if setting == "compile":
+                    print(f"# {recipe} {size}: compiling and the first evaluation took "
+                          f"{time.perf_counter() - start:.1f} s", flush=True)
             for repeat in range(args.repeats):
                 order = args.settings[repeat % len(args.settings):] + args.settings[: repeat % len(args.settings)]
                 for setting in order:
-                    with precision_context(setting, device):
+                    with setting_context(setting, module, device):
                         sync(device)
                         start = time.perf_counter()
                         for _ in range(args.evals):
-                            evaluation(module, image)
+                            evaluation(totals[setting], image)
                         sync(device)
                     times[setting].append((time.perf_counter() - start) / args.evals)
             base_loss, base_grad = reference["fp32"]
