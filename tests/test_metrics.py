@@ -8,11 +8,13 @@ import torch
 from texsynth.examples import load_example
 from texsynth.init import random_phase_noise
 from texsynth.metrics import (
+    ChromaNoise,
     ColorDistance,
     CopyScore,
     LBPDistance,
     PatchSlicedWasserstein,
     SpectrumDistance,
+    chroma_noise,
     color_distance,
     copy_score,
     lbp_distance,
@@ -58,17 +60,29 @@ def test_copy_score_flags_shifted_copies_not_new_samples(images):
     assert float(copy_score(images["white"], exemplar)) < 0.35
 
 
+def test_chroma_noise_sees_colour_speckle_not_brightness_detail(images):
+    gray = images["exemplar"].mean(dim=1, keepdim=True).expand(1, 3, 96, 96)
+    noise = torch.randn((1, 1, 96, 96), generator=torch.Generator().manual_seed(0))
+    speckle = {a: gray + a * torch.cat([noise, -noise, torch.zeros_like(noise)], dim=1) for a in (0.01, 0.03)}
+    assert float(chroma_noise(gray, gray)) == 0.0
+    assert 0 < float(chroma_noise(speckle[0.01], gray)) < float(chroma_noise(speckle[0.03], gray))
+    assert float(chroma_noise(gray + 0.03 * noise, gray)) < 1e-6  # the same noise in every channel
+    # the exemplar's own colour detail does not count against an output that has as much
+    assert float(chroma_noise(images["exemplar"], images["exemplar"])) == 0.0
+    assert float(chroma_noise(gray, images["exemplar"])) == 0.0
+
+
 def test_metrics_accept_outputs_of_another_size(images):
     large = load_example("cracks", size=128, seed=2)
     values = texture_metrics(large, images["exemplar"])
-    assert set(values) == {"swd", "spectrum", "lbp", "color", "copy"}
+    assert set(values) == {"swd", "spectrum", "lbp", "color", "chroma", "copy"}
     assert all(v == v and v >= -1 for v in values.values())
 
 
 @pytest.mark.parametrize(
     "metric, function",
     [(PatchSlicedWasserstein, patch_swd), (SpectrumDistance, spectrum_distance), (LBPDistance, lbp_distance),
-     (ColorDistance, color_distance), (CopyScore, copy_score)],
+     (ColorDistance, color_distance), (ChromaNoise, chroma_noise), (CopyScore, copy_score)],
 )
 def test_metric_classes_average_the_functional_form(metric, function, images):
     batch = torch.cat([images["sample"], images["phase_noise"]])

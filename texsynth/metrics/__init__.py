@@ -1,6 +1,7 @@
 """Texture quality metrics: torchmetrics classes and functional forms, all weight-free."""
 
 from texsynth.metrics.functional import (
+    chroma_noise,
     color_distance,
     copy_score,
     laplacian_pyramid,
@@ -12,6 +13,7 @@ from texsynth.metrics.functional import (
     welch_power_spectrum,
 )
 from texsynth.metrics.modules import (
+    ChromaNoise,
     ColorDistance,
     CopyScore,
     LBPDistance,
@@ -20,11 +22,13 @@ from texsynth.metrics.modules import (
 )
 
 __all__ = [
+    "ChromaNoise",
     "ColorDistance",
     "CopyScore",
     "LBPDistance",
     "PatchSlicedWasserstein",
     "SpectrumDistance",
+    "chroma_noise",
     "color_distance",
     "copy_score",
     "laplacian_pyramid",

@@ -76,6 +76,12 @@ class ColorDistance(_PairwiseTextureMetric):
     _function = staticmethod(TF.color_distance)
 
 
+class ChromaNoise(_PairwiseTextureMetric):
+    """Fine-scale colour speckle in excess of the exemplar's."""
+
+    _function = staticmethod(TF.chroma_noise)
+
+
 class CopyScore(_PairwiseTextureMetric):
     """Maximum normalized cross-correlation with the exemplar over shifts (copy detector)."""
 
