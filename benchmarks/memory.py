@@ -36,8 +36,8 @@ def child(size: int, evals: int, options: dict) -> None:
     fit(module, 1, logdir=False, quiet=True, progress_bar=False, accelerator="cpu")
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
-    print(json.dumps({"size": size, "peak": peak, "before": before, "estimate": estimate_bytes(module), "evals": module.num_evals,
-                      "seconds": seconds, "history": module.lbfgs_options["history_size"],
+    print(json.dumps({"size": size, "peak": peak, "before": before, "estimate": estimate_bytes(module),
+                      "evals": module.num_evals, "seconds": seconds, "history": module.lbfgs_options["history_size"],
                       "finite": bool(torch.isfinite(module.image).all())}))
 
 

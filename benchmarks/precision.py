@@ -115,7 +115,6 @@ def main() -> int:
         for size in args.sizes:
             exemplar = load_example("bricks", size=size)
             module = texsynth.TextureSynthesis(exemplar, seed=0, **RECIPES[recipe]).to(device)
-            module._ensure_targets()
             image = module.image.detach().clone().requires_grad_(True)
             reference: dict[str, tuple[float, torch.Tensor]] = {}
             times: dict[str, list[float]] = {setting: [] for setting in args.settings}
