@@ -28,7 +28,9 @@ from texsynth.metrics import copy_score, texture_metrics
 HERE = Path(__file__).resolve().parent
 DEFAULT_TEXTURES = HERE.parent.parent / "shared" / "textures"
 DEFAULT_REFERENCE = HERE.parent.parent / "shared" / "reference"
-METRICS = ("swd", "spectrum", "lbp", "color", "copy")
+METRICS = ("swd", "spectrum", "lbp", "color", "chroma", "copy")
+#: chroma noise is a few thousandths where it is visible: printed with one more decimal
+DECIMALS = {"chroma": 4}
 
 
 def main() -> int:
@@ -102,13 +104,13 @@ def print_table(rows: list[dict]) -> None:
     header = f"| texture | method | {' | '.join(METRICS)} | seed NCC | s/texture |"
     print("\n" + header + "\n|" + "---|" * (header.count("|") - 1))
     for row in rows:
-        values = " | ".join(f"{row[m]:.3f}" for m in METRICS)
+        values = " | ".join(f"{row[m]:.{DECIMALS.get(m, 3)}f}" for m in METRICS)
         seed = f"{row['seed_ncc']:.2f}" if "seed_ncc" in row else "–"
         seconds = f"{row['seconds']:.0f}" if "seconds" in row else "–"
         print(f"| {row['texture']} | {row['method']} | {values} | {seed} | {seconds} |")
     for method in methods:
         chosen = [row for row in rows if row["method"] == method]
-        medians = " | ".join(f"{statistics.median(r[m] for r in chosen):.3f}" for m in METRICS)
+        medians = " | ".join(f"{statistics.median(r[m] for r in chosen):.{DECIMALS.get(m, 3)}f}" for m in METRICS)
         seeds = [r["seed_ncc"] for r in chosen if "seed_ncc" in r]
         seed = f"{statistics.median(seeds):.2f}" if seeds else "–"
         secs = [r["seconds"] for r in chosen if "seconds" in r]

@@ -145,10 +145,13 @@ WEIGHT_FREE = register_preset(
         description=(
             "the offline default: random filter banks on a Gaussian pyramid (3x3, 7x7, 11x11 "
             "at full size, 11x11 at 1/2 and 1/4; 128 filters each), relative Gram per level + "
-            "colour spectrum constraint (Liu et al. 2016), L-BFGS with strong-Wolfe line search"
+            "colour spectrum constraint (Liu et al. 2016) + chroma spectrum x10 on gray "
+            "exemplars, L-BFGS with strong-Wolfe line search"
         ),
         backbone="random_pyramid",
-        losses=RELATIVE_GRAM_AND_SPECTRUM,
+        # random RGB filters leave colour speckle on gray exemplars; the chroma constraint
+        # (x10 on gray, fading on colourful exemplars) removes it (README, When things go wrong)
+        losses={**RELATIVE_GRAM_AND_SPECTRUM, "chroma_spectrum": {"weight": 10.0}},
         lbfgs=LBFGS_WOLFE,
         # coarse-to-fine stages reach the distance metrics sooner but copy the exemplar's
         # layout with this backbone (README, Performance), so they are opt-in

@@ -18,6 +18,7 @@ from texsynth.losses.registry import LOSSES, create_loss, list_losses, register_
 
 # Built-ins register themselves on import.
 from texsynth.losses import (  # noqa: E402,F401  isort: skip
+    chroma_spectrum,
     gram,
     histogram,
     mean_covariance,
@@ -25,16 +26,18 @@ from texsynth.losses import (  # noqa: E402,F401  isort: skip
     spectrum,
     total_variation,
 )
+from texsynth.losses.chroma_spectrum import ChromaSpectrumLoss  # noqa: E402
 from texsynth.losses.gram import GramLoss, gram_matrix  # noqa: E402
 from texsynth.losses.histogram import HistogramLoss  # noqa: E402
 from texsynth.losses.layered import LayeredLoss  # noqa: E402
 from texsynth.losses.mean_covariance import MeanCovarianceLoss  # noqa: E402
 from texsynth.losses.sliced_wasserstein import SlicedWassersteinLoss  # noqa: E402
-from texsynth.losses.spectrum import SpectrumLoss, luminance, spectrum_projection  # noqa: E402
+from texsynth.losses.spectrum import SpectrumLoss, luminance, opponent_channels, spectrum_projection  # noqa: E402
 from texsynth.losses.total_variation import TotalVariationLoss, total_variation  # noqa: E402
 
 __all__ = [
     "LOSSES",
+    "ChromaSpectrumLoss",
     "GramLoss",
     "HistogramLoss",
     "LayeredLoss",
@@ -48,6 +51,7 @@ __all__ = [
     "gram_matrix",
     "list_losses",
     "luminance",
+    "opponent_channels",
     "register_loss",
     "spectrum_projection",
     "total_variation",

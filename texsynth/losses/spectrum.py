@@ -9,6 +9,8 @@ the exemplar's modulus.
 Colour (the paper): one phase shift shared by the channels, from the channel-summed cross
 spectrum S = Σ_c X_c conj(A_c), so colours stay consistent; P_c = IFFT(S / (|S|+ε) · A_c).
 Luminance (the reference implementation): the same on gray = 0.2989 R + 0.587 G + 0.114 B.
+Chroma: the same on the two opponent-colour channels (colour without its brightness; see
+:mod:`texsynth.losses.chroma_spectrum`).
 
 The projection is treated as a constant in the backward pass: the gradient of half the
 squared distance to a set is ``x − P(x)`` (the residual is normal to the set at P(x)), and
@@ -17,6 +19,8 @@ this avoids differentiating through the FFTs and the normalization.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from texsynth.errors import InvalidArgumentError
@@ -24,13 +28,31 @@ from texsynth.losses.base import Features, TextureLoss, at_least_float32
 from texsynth.losses.registry import register_loss
 
 LUMINANCE_WEIGHTS = (0.2989, 0.587, 0.114)
-SPECTRUM_MODES = ("color", "luminance")
+SPECTRUM_MODES = ("color", "luminance", "chroma")
 
 
 def luminance(image: torch.Tensor) -> torch.Tensor:
     """``(B, 3, H, W)`` RGB to ``(B, 1, H, W)`` gray with the reference's weights."""
     weights = image.new_tensor(LUMINANCE_WEIGHTS).view(1, 3, 1, 1)
     return (image * weights).sum(dim=1, keepdim=True)
+
+
+def opponent_channels(image: torch.Tensor) -> torch.Tensor:
+    """``(B, 3, H, W)`` RGB to its two opponent-colour channels ``(B, 2, H, W)``: red − green
+    and yellow − blue, orthonormal to each other and to gray (1, 1, 1), so they hold exactly
+    the colour the luminance does not."""
+    red, green, blue = image[:, 0:1], image[:, 1:2], image[:, 2:3]
+    return torch.cat([(red - green) / math.sqrt(2), (red + green - 2 * blue) / math.sqrt(6)], dim=1)
+
+
+def spectrum_signal(image: torch.Tensor, mode: str) -> torch.Tensor:
+    """What the constraint sees of an RGB image in each mode: RGB, gray, or the two
+    opponent-colour channels."""
+    if mode == "luminance":
+        return luminance(image)
+    if mode == "chroma":
+        return opponent_channels(image)
+    return image
 
 
 def spectrum_projection(
@@ -96,7 +118,7 @@ def exemplar_spectrum(
       resampled to the finer frequency grid, and the relative phases of the colour channels
       are kept, so colours stay consistent.
     """
-    image = luminance(exemplar) if mode == "luminance" else at_least_float32(exemplar)
+    image = at_least_float32(spectrum_signal(exemplar, mode))
     height, width = image.shape[-2:]
     out_h, out_w = output_size
     crop_h, crop_w = min(height, out_h), min(width, out_w)
@@ -119,8 +141,8 @@ class SpectrumLoss(TextureLoss):
     """½ ‖x − P(x)‖² with P the projection onto the exemplar's Fourier modulus.
 
     Args:
-        mode: ``"color"`` (the paper: shared phase across RGB) or ``"luminance"`` (the
-            reference implementation).
+        mode: ``"color"`` (the paper: shared phase across RGB), ``"luminance"`` (the
+            reference implementation) or ``"chroma"`` (the opponent-colour channels).
         eps: regularizer of the phase normalization.
         reduction: ``"sum"`` over pixels (the paper and reference) or ``"mean"`` (a value
             independent of the image size, so one weight serves every size).
@@ -154,7 +176,7 @@ class SpectrumLoss(TextureLoss):
         self.register_buffer("target", exemplar_spectrum(exemplar, output_size, self.mode, self.periodic), persistent=False)
 
     def forward(self, image: torch.Tensor, features: Features) -> torch.Tensor:
-        signal = luminance(image) if self.mode == "luminance" else image
+        signal = spectrum_signal(image, self.mode)
         with torch.no_grad():
             projection = spectrum_projection(signal, self.target, self.eps)
         signal = at_least_float32(signal)

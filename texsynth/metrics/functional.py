@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from texsynth.errors import InvalidArgumentError
-from texsynth.losses.spectrum import luminance
+from texsynth.losses.spectrum import luminance, opponent_channels
 
 _BINOMIAL = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0]) / 16.0
 
@@ -175,8 +175,7 @@ def color_distance(
 
 def _fine_chroma(image: torch.Tensor) -> torch.Tensor:
     """RMS of the finest band of the two opponent-colour channels (luminance excluded)."""
-    red, green, blue = image[:, 0:1], image[:, 1:2], image[:, 2:3]
-    opponent = torch.cat([(red - green) / math.sqrt(2), (red + green - 2 * blue) / math.sqrt(6)], dim=1)
+    opponent = opponent_channels(image)
     return (opponent - _blur(opponent)).pow(2).mean().sqrt()
 
 
