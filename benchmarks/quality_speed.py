@@ -28,7 +28,7 @@ reference recipe's last snapshot with a copy score <= ``--max-copy`` (its best n
 and a recipe reaches it with ``q <= 1`` against that snapshot *and* a copy score <= ``--max-copy``;
 the speed-up is against the time the reference recipe took to get there.
 
-``--reference-cache DIR`` keeps each reference curve (per exemplar, size, preset, steps), so
+``--reference-cache DIR`` keeps each reference curve (per exemplar, size, steps and recipe), so
 variants can be compared against the full 250-step recipe without re-running it.
 
     python benchmarks/quality_speed.py --size 128 --limit 3 --steps 24 --reference-cache out/qs-cache
@@ -38,6 +38,7 @@ variants can be compared against the full 250-step recipe without re-running it.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import statistics
@@ -100,13 +101,16 @@ def run(exemplar, steps, every, options) -> list[tuple[float, int, torch.Tensor]
 
 def reference_curve(path: Path, exemplar: torch.Tensor, args) -> list[tuple[float, int, dict[str, float]]]:
     """The reference recipe's (seconds, evaluations, metrics) curve, from ``--reference-cache`` if it has it."""
+    options = reference_options(args.preset, args.reference_loss_scale)
     cache = None
     if args.reference_cache:
+        # the recipe's digest: a curve made before a preset's losses changed is not reused
+        digest = hashlib.sha256(json.dumps(options, sort_keys=True, default=str).encode()).hexdigest()[:10]
         cache = args.reference_cache / (f"{path.stem}-{args.size}-{args.preset}-{args.reference_steps}-{args.every}"
-                                        f"-x{args.reference_loss_scale:g}.json")
+                                        f"-x{args.reference_loss_scale:g}-{digest}.json")
         if cache.exists():
             return [tuple(entry) for entry in json.loads(cache.read_text())]
-    shots = run(exemplar, args.reference_steps, args.every, reference_options(args.preset, args.reference_loss_scale))
+    shots = run(exemplar, args.reference_steps, args.every, options)
     curve = [(t, n, texture_metrics(img, exemplar)) for t, n, img in shots]
     if cache:
         cache.parent.mkdir(parents=True, exist_ok=True)
