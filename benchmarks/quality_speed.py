@@ -99,15 +99,20 @@ def run(exemplar, steps, every, options) -> list[tuple[float, int, torch.Tensor]
     return snapshots.shots
 
 
+def reference_cache_file(stem: str, args, options: dict) -> Path:
+    """Where ``--reference-cache`` keeps a curve: named by exemplar, size, steps and a digest of
+    the recipe, so a curve made before a preset's losses changed is not reused."""
+    digest = hashlib.sha256(json.dumps(options, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    return args.reference_cache / (f"{stem}-{args.size}-{args.preset}-{args.reference_steps}-{args.every}"
+                                   f"-x{args.reference_loss_scale:g}-{digest}.json")
+
+
 def reference_curve(path: Path, exemplar: torch.Tensor, args) -> list[tuple[float, int, dict[str, float]]]:
     """The reference recipe's (seconds, evaluations, metrics) curve, from ``--reference-cache`` if it has it."""
     options = reference_options(args.preset, args.reference_loss_scale)
     cache = None
     if args.reference_cache:
-        # the recipe's digest: a curve made before a preset's losses changed is not reused
-        digest = hashlib.sha256(json.dumps(options, sort_keys=True, default=str).encode()).hexdigest()[:10]
-        cache = args.reference_cache / (f"{path.stem}-{args.size}-{args.preset}-{args.reference_steps}-{args.every}"
-                                        f"-x{args.reference_loss_scale:g}-{digest}.json")
+        cache = reference_cache_file(path.stem, args, options)
         if cache.exists():
             return [tuple(entry) for entry in json.loads(cache.read_text())]
     shots = run(exemplar, args.reference_steps, args.every, options)

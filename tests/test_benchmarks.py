@@ -58,4 +58,20 @@ def test_quality_speed_scores_both_recipes(tmp_path):
     (row,) = json.loads((tmp_path / "qs.json").read_text())
     assert row["texture"] == "bricks"
     assert row["reference"]["evals"] > 0 and row["texsynth"]["evals"] > 0
-    assert list((tmp_path / "cache").glob("bricks-32-weight_free-2-1-x100.json"))
+    assert list((tmp_path / "cache").glob("bricks-32-weight_free-2-1-x100-*.json"))
+
+
+def test_quality_speed_cache_is_keyed_by_the_recipe(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import argparse
+
+    import quality_speed
+
+    args = argparse.Namespace(reference_cache=tmp_path, size=64, preset="weight_free", reference_steps=250,
+                              every=5, reference_loss_scale=100.0)
+    options = quality_speed.reference_options("weight_free", 100.0)
+    same = quality_speed.reference_cache_file("bricks", args, dict(options))
+    assert same == quality_speed.reference_cache_file("bricks", args, options)
+    changed = {**options, "losses": {**options["losses"], "chroma_spectrum": {"weight": 0.0}}}
+    assert quality_speed.reference_cache_file("bricks", args, changed) != same
+    assert same.parent == tmp_path and same.name.startswith("bricks-64-weight_free-250-5-x100-")
