@@ -14,7 +14,7 @@ def test_synthesize_one_call(exemplar):
     assert result.image.shape == (3, 24, 24)
     assert 0 <= float(result.image.min()) and float(result.image.max()) <= 1
     assert result.steps == 2 and result.evals >= 2 and result.seconds > 0
-    assert set(result.losses) == {"gram", "total"}
+    assert set(result.losses) == {"gram", "chroma_spectrum", "total"}
 
 
 def test_seed_compatible_class_end_to_end(exemplar, tmp_path):

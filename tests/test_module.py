@@ -79,8 +79,8 @@ def test_compute_losses_gives_weighted_terms_and_total(exemplar):
     module = _module(exemplar, losses={"gram": 2.0, "spectrum": 0.5})
     image = torch.rand(1, 3, 32, 32)
     terms = module.compute_losses(image)
-    assert set(terms) == {"gram", "spectrum", "total"}
-    torch.testing.assert_close(terms["total"], terms["gram"] + terms["spectrum"])
+    assert set(terms) == {"gram", "spectrum", "chroma_spectrum", "total"}  # the preset's chroma term stays
+    torch.testing.assert_close(terms["total"], terms["gram"] + terms["spectrum"] + terms["chroma_spectrum"])
     loss = module.loss_terms["spectrum"]
     torch.testing.assert_close(terms["spectrum"], 0.5 * loss(image, {}))
     at_exemplar = module.compute_losses(exemplar[0])
@@ -89,11 +89,11 @@ def test_compute_losses_gives_weighted_terms_and_total(exemplar):
 
 def test_loss_mapping_merges_over_preset_and_sequence_replaces(exemplar):
     merged = _module(exemplar, losses={"spectrum": 0})
-    assert list(merged.loss_terms) == ["gram"]
+    assert list(merged.loss_terms) == ["gram", "chroma_spectrum"]
     replaced = _module(exemplar, losses=[SpectrumLoss(mode="luminance")])
     assert list(replaced.loss_terms) == ["spectrum"]
     with pytest.raises(InvalidArgumentError, match="no loss left"):
-        _module(exemplar, losses={"gram": 0, "spectrum": 0})
+        _module(exemplar, losses={"gram": 0, "spectrum": 0, "chroma_spectrum": 0})
 
 
 def test_lbfgs_state_survives_between_fits_and_reset_starts_over(exemplar):

@@ -56,6 +56,13 @@ RELATIVE_GRAM_AND_SPECTRUM: dict[str, dict[str, Any]] = {
     "gram": {"relative": True, "weight": 1.0},
     "spectrum": {"mode": "color", "reduction": "mean", "weight": 1.0},
 }
+#: random RGB filters put fine colour noise into every step, which Gram terms remove only
+#: slowly: gray exemplars came out with pink/green speckle. The chroma constraint (x10 on a gray
+#: exemplar, fading on colourful ones) removes it (README, When things go wrong).
+RANDOM_FILTER_LOSSES: dict[str, dict[str, Any]] = {
+    **RELATIVE_GRAM_AND_SPECTRUM,
+    "chroma_spectrum": {"weight": 10.0},
+}
 #: tolerances off: the scale-free losses average over pixels, so near convergence their
 #: gradients fall below torch's default tolerance_grad (1e-7) long before the texture stops
 #: improving (and sooner at larger sizes); a run then lasts exactly its --steps.
@@ -130,11 +137,12 @@ RANDOM_MULTISCALE = register_preset(
         name="random_multiscale",
         description=(
             "weight-free (Ustyuzhaninov et al. 2017, as in the paper): one layer of random "
-            "filters with kernels 3-55, 128 each; per-scale relative Gram + colour spectrum; "
+            "filters with kernels 3-55, 128 each; per-scale relative Gram + colour spectrum + "
+            "chroma spectrum x10 on gray exemplars; "
             "slow (large kernels)"
         ),
         backbone="random_multiscale",
-        losses=RELATIVE_GRAM_AND_SPECTRUM,
+        losses=RANDOM_FILTER_LOSSES,
         lbfgs=LBFGS_WOLFE,
     )
 )
@@ -149,9 +157,7 @@ WEIGHT_FREE = register_preset(
             "exemplars, L-BFGS with strong-Wolfe line search"
         ),
         backbone="random_pyramid",
-        # random RGB filters leave colour speckle on gray exemplars; the chroma constraint
-        # (x10 on gray, fading on colourful exemplars) removes it (README, When things go wrong)
-        losses={**RELATIVE_GRAM_AND_SPECTRUM, "chroma_spectrum": {"weight": 10.0}},
+        losses=RANDOM_FILTER_LOSSES,
         lbfgs=LBFGS_WOLFE,
         # coarse-to-fine stages reach the distance metrics sooner but copy the exemplar's
         # layout with this backbone (README, Performance), so they are opt-in
