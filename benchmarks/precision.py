@@ -57,8 +57,9 @@ def setting_context(setting: str, module: torch.nn.Module, device: torch.device)
 
 @contextlib.contextmanager
 def _matmul_precision(value: str):
-    callback = MatmulPrecision(value)  # what --matmul-precision installs for a run
+    callback = MatmulPrecision(value)  # what --matmul-precision installs for a run (before any stall)
     callback.setup(None, None, "fit")
+    callback.on_train_start(None, None)
     try:
         yield
     finally:

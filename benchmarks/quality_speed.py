@@ -93,7 +93,8 @@ class Snapshots(L.Callback):
 def run(exemplar, steps, every, options) -> list[tuple[float, int, torch.Tensor]]:
     start = time.perf_counter()
     snapshots = Snapshots(start, every)
-    result = texsynth.synthesize(exemplar, steps=steps, seed=0, accelerator="cpu", callbacks=[snapshots], **options)
+    options = {"seed": 0, **options}  # a variant may name its own seed
+    result = texsynth.synthesize(exemplar, steps=steps, accelerator="cpu", callbacks=[snapshots], **options)
     seconds, evals, _ = snapshots.shots[-1]
     snapshots.shots[-1] = (seconds, evals, result.image)  # a step undone after the snapshot (max_copy_score)
     return snapshots.shots

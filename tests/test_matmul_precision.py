@@ -100,3 +100,63 @@ def test_batch_rejects_a_bad_precision_before_launching(tmp_path, exemplar):
     with pytest.raises(InvalidArgumentError, match="matmul_precision must be one of"):
         texsynth.batch(tmp_path / "src", tmp_path / "out", matmul_precision="low", accelerator="cpu")
     assert not (tmp_path / "out").exists()
+
+
+class RecordFitStartPrecision(L.Callback):
+    """Callbacks' on_fit_start runs just before the module's, which computes the targets."""
+
+    def __init__(self) -> None:
+        self.at_fit_start: str | None = None
+
+    def on_fit_start(self, *args) -> None:
+        self.at_fit_start = torch.get_float32_matmul_precision()
+
+
+def test_targets_are_computed_at_full_precision(exemplar):
+    recorder, fit_start = RecordPrecision(), RecordFitStartPrecision()
+    texsynth.synthesize(exemplar, **TINY_BACKBONE, steps=1, lbfgs={"max_iter": 2}, accelerator="cpu",
+                        matmul_precision="medium", callbacks=[fit_start, recorder])
+    assert fit_start.at_fit_start == "highest"
+    assert recorder.seen == ["medium"]
+
+
+class FakeRun:
+    def __init__(self, losses: list[float]) -> None:
+        self.loss_history = losses
+        self.num_steps = len(losses)
+
+
+def run_callback(callback: MatmulPrecision, histories: list[list[float]]) -> list[str]:
+    """The precision after each step of a run whose loss history grows as given."""
+    seen = []
+    callback.setup(None, None, "fit")
+    try:
+        callback.on_train_start(None, None)
+        for history in histories:
+            callback.on_train_batch_end(None, FakeRun(history))
+            seen.append(torch.get_float32_matmul_precision())
+    finally:
+        callback.teardown(None, None, "fit")
+    return seen
+
+
+def test_falls_back_to_full_precision_once_a_step_stalls():
+    callback = MatmulPrecision("medium")
+    seen = run_callback(callback, [[1.0], [1.0, 0.5], [1.0, 0.5, 0.49999], [1.0, 0.5, 0.49999, 0.3]])
+    assert seen == ["medium", "medium", "highest", "highest"]  # and stays there
+    assert callback.fell_back_at_step == 3
+    assert torch.get_float32_matmul_precision() == "highest"  # the process's own setting, restored
+
+
+def test_improving_runs_and_disabled_fallback_keep_the_lower_precision():
+    improving = [[1.0], [1.0, 0.9], [1.0, 0.9, 0.85]]
+    assert run_callback(MatmulPrecision("medium"), improving) == ["medium"] * 3
+    stalled = [[1.0], [1.0, 1.0]]
+    kept = MatmulPrecision("medium", fall_back_below=None)
+    assert run_callback(kept, stalled) == ["medium", "medium"] and kept.fell_back_at_step is None
+
+
+@pytest.mark.parametrize("bad", [0, 1, -0.1, True, "0.01"])
+def test_bad_fallback_threshold_is_named(bad):
+    with pytest.raises(InvalidArgumentError, match="fall_back_below must be a fraction in"):
+        MatmulPrecision("medium", fall_back_below=bad)

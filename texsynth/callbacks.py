@@ -55,10 +55,7 @@ class StopWhenStalled(L.Callback):
         self.min_improvement, self.patience = float(min_improvement), patience
 
     def stalled(self, history: list[float]) -> bool:
-        if len(history) <= self.patience:
-            return False
-        recent = history[-self.patience - 1:]
-        return all((before - after) < self.min_improvement * abs(before) for before, after in zip(recent, recent[1:]))
+        return loss_stalled(history, self.min_improvement, self.patience)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
         if self.stalled(pl_module.loss_history):
@@ -123,6 +120,15 @@ class StopBeforeCopying(L.Callback):
             pl_module.log("copy_score", score, on_step=True, on_epoch=False)
 
 
+def loss_stalled(history: list[float], min_improvement: float, patience: int = 1) -> bool:
+    """Whether each of the last ``patience`` steps lowered the loss by less than ``min_improvement``
+    of its value."""
+    if len(history) <= patience:
+        return False
+    recent = history[-patience - 1:]
+    return all((before - after) < min_improvement * abs(before) for before, after in zip(recent, recent[1:]))
+
+
 def stopping_callbacks(stop_when_stalled: float | None = None, max_copy_score: float | None = None) -> list[L.Callback]:
     """The callbacks ``synthesize``'s early-stopping options ask for; building them checks the values."""
     callbacks: list[L.Callback] = []
@@ -147,22 +153,37 @@ MATMUL_PRECISIONS = ("highest", "high", "medium")
 
 
 class MatmulPrecision(L.Callback):
-    """Run a synthesis with float32 matrix products at a lower internal precision, then restore
-    the process's setting.
+    """Run a synthesis with float32 matrix products at a lower internal precision, back to full
+    precision once the optimization stalls on the rounding, then restore the process's setting.
 
     ``"medium"`` lets oneDNN multiply float32 matrices in bfloat16 with float32 accumulation on
     CPUs with AMX or AVX-512 BF16 (the Gram matrices of wide layers, the weight-free banks'
     input gradients); ``"high"``/``"medium"`` allow TF32 on CUDA GPUs. Statistics stay float32
     tensors; only the products' inner arithmetic is rounded. Hardware without such units
     computes as ``"highest"``.
+
+    Near convergence L-BFGS's line search compares losses that differ by less than that
+    rounding and stops moving (README, Performance). So after the first step that lowers the
+    loss by less than ``fall_back_below`` (relative), the rest of the run multiplies at
+    ``"highest"``, keeping L-BFGS's history; ``None`` keeps the lower precision to the end.
+    ``fell_back_at_step`` records when it happened. The targets are computed at full precision
+    (the precision is lowered when training starts, after the module's ``on_fit_start``).
     """
 
-    def __init__(self, precision: str) -> None:
+    #: a step that lowers the loss by less than this fraction counts as stalled
+    FALL_BACK_BELOW = 1e-3
+
+    def __init__(self, precision: str, fall_back_below: float | None = FALL_BACK_BELOW) -> None:
         if precision not in MATMUL_PRECISIONS:
             raise InvalidArgumentError(
                 f"matmul_precision must be one of {', '.join(MATMUL_PRECISIONS)}, got {precision!r}"
             )
+        if fall_back_below is not None and (isinstance(fall_back_below, bool) or not isinstance(fall_back_below, (int, float))
+                                            or not 0 < fall_back_below < 1):
+            raise InvalidArgumentError(f"fall_back_below must be a fraction in (0, 1) or None, got {fall_back_below!r}")
         self.precision = precision
+        self.fall_back_below = fall_back_below
+        self.fell_back_at_step: int | None = None
         self._previous: tuple[str, ...] | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -171,7 +192,19 @@ class MatmulPrecision(L.Callback):
         except RuntimeError:  # the process set per-backend precisions (torch.backends.*.fp32_precision)
             self._previous = ("backends", torch.backends.mkldnn.matmul.fp32_precision,
                               torch.backends.cuda.matmul.fp32_precision)
+        self.fell_back_at_step = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         torch.set_float32_matmul_precision(self.precision)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
+        if self.fall_back_below is None or self.fell_back_at_step is not None or self.precision == "highest":
+            return
+        if loss_stalled(pl_module.loss_history, self.fall_back_below):
+            torch.set_float32_matmul_precision("highest")
+            self.fell_back_at_step = pl_module.num_steps
+            log.info("matmul precision %r stalled at step %d (loss %.4g): continuing at 'highest'",
+                     self.precision, pl_module.num_steps, pl_module.loss_history[-1])
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._restore()

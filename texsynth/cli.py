@@ -112,7 +112,8 @@ def _add_synthesis_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--precision", default="32-true", help="Lightning precision, e.g. 32-true, bf16-mixed")
     command.add_argument("--matmul-precision", choices=MATMUL_PRECISIONS,
                          help="internal precision of float32 matrix products: 'medium' multiplies in bfloat16 "
-                              "on CPUs with AMX/AVX-512 BF16 (faster Gram matrices), TF32 on CUDA")
+                              "on CPUs with AMX/AVX-512 BF16 (faster Gram matrices), TF32 on CUDA; back to "
+                              "'highest' once a step stalls on the rounding")
     command.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
                          help="import a module or .py file first (registers user losses/backbones)")
 

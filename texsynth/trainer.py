@@ -49,7 +49,8 @@ def make_trainer(
     """A Trainer running ``steps`` L-BFGS steps; ``logdir=False``/``None`` disables logging.
 
     ``matmul_precision`` (``"highest"``, ``"high"``, ``"medium"``): the internal precision of
-    float32 matrix products during the run (:class:`~texsynth.callbacks.MatmulPrecision`).
+    float32 matrix products during the run, until a step stalls on the rounding
+    (:class:`~texsynth.callbacks.MatmulPrecision`).
     """
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise InvalidArgumentError(f"steps must be a positive integer, got {steps!r}")
