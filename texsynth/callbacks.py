@@ -12,6 +12,12 @@ from texsynth.errors import InvalidArgumentError
 from texsynth.metrics.functional import copy_score
 
 
+def _require_open_fraction(value: object, requirement: str) -> None:
+    """Refuse anything but a number strictly between 0 and 1 (booleans included), naming it."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+        raise InvalidArgumentError(f"{requirement}, got {value!r}")
+
+
 class TensorBoardImages(L.Callback):
     """Log the exemplar once and the current output every ``every_n_steps`` steps (and last)."""
 
@@ -48,8 +54,7 @@ class StopWhenStalled(L.Callback):
     """
 
     def __init__(self, min_improvement: float, patience: int = 2) -> None:
-        if not isinstance(min_improvement, (int, float)) or not 0 < min_improvement < 1:
-            raise InvalidArgumentError(f"stop_when_stalled must be a fraction in (0, 1), got {min_improvement!r}")
+        _require_open_fraction(min_improvement, "stop_when_stalled must be a fraction in (0, 1)")
         if not isinstance(patience, int) or patience < 1:
             raise InvalidArgumentError(f"patience must be a positive integer, got {patience!r}")
         self.min_improvement, self.patience = float(min_improvement), patience
@@ -85,9 +90,7 @@ class StopBeforeCopying(L.Callback):
     PERIODIC_MARGIN = 0.1
 
     def __init__(self, max_copy_score: float) -> None:
-        if isinstance(max_copy_score, bool) or not isinstance(max_copy_score, (int, float)) \
-                or not 0 < max_copy_score < 1:
-            raise InvalidArgumentError(f"max_copy_score must be a number in (0, 1), got {max_copy_score!r}")
+        _require_open_fraction(max_copy_score, "max_copy_score must be a number in (0, 1)")
         self.max_copy_score = float(max_copy_score)
         self.threshold = self.max_copy_score
 
@@ -178,9 +181,8 @@ class MatmulPrecision(L.Callback):
             raise InvalidArgumentError(
                 f"matmul_precision must be one of {', '.join(MATMUL_PRECISIONS)}, got {precision!r}"
             )
-        if fall_back_below is not None and (isinstance(fall_back_below, bool) or not isinstance(fall_back_below, (int, float))
-                                            or not 0 < fall_back_below < 1):
-            raise InvalidArgumentError(f"fall_back_below must be a fraction in (0, 1) or None, got {fall_back_below!r}")
+        if fall_back_below is not None:
+            _require_open_fraction(fall_back_below, "fall_back_below must be a fraction in (0, 1) or None")
         self.precision = precision
         self.fall_back_below = fall_back_below
         self.fell_back_at_step: int | None = None
