@@ -41,6 +41,8 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--steps", type=int, default=None, help="L-BFGS steps (default: the CLI default)")
     parser.add_argument("--seeds", type=int, default=2, help="seeds per texture (variability check)")
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="seeds run from here; the metrics are the first seed's (tables over several seeds)")
     parser.add_argument("--limit", type=int, default=0, help="only the first N exemplars")
     parser.add_argument("--only", default="", help="comma-separated exemplar names")
     parser.add_argument("--options", default="{}", help="JSON dict of extra TextureSynthesis options")
@@ -76,14 +78,14 @@ def main() -> int:
             images.append(reference[0])
         for preset in presets:
             outputs = []
-            for seed in range(args.seeds):
+            for seed in range(args.first_seed, args.first_seed + args.seeds):
                 start = time.perf_counter()
                 result = texsynth.synthesize(exemplar, steps=steps, preset=preset, seed=seed, **extra)
                 seconds = time.perf_counter() - start
                 outputs.append(result.image)
-                if seed == 0:
+                if seed == args.first_seed:
                     row = {"texture": path.stem, "method": preset, **texture_metrics(result.image, exemplar),
-                           "seconds": seconds, "evals": result.evals}
+                           "seconds": seconds, "evals": result.evals, "seed": seed}
             if len(outputs) > 1:
                 row["seed_ncc"] = float(copy_score(outputs[1], outputs[0]))
             rows.append(row)

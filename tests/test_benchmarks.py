@@ -75,3 +75,31 @@ def test_quality_speed_cache_is_keyed_by_the_recipe(tmp_path, monkeypatch):
     changed = {**options, "losses": {**options["losses"], "chroma_spectrum": {"weight": 0.0}}}
     assert quality_speed.reference_cache_file("bricks", args, changed) != same
     assert same.parent == tmp_path and same.name.startswith("bricks-64-weight_free-250-5-x100-")
+
+
+def test_quality_runs_from_a_first_seed_and_quality_table_takes_the_median_over_seeds(tmp_path):
+    textures = tmp_path / "textures"
+    textures.mkdir()
+    save_image(load_example("bricks", size=48), textures / "bricks.png")
+    runs = []
+    for seed in (0, 1, 2):
+        runs.append(tmp_path / f"seed{seed}.json")
+        _run("quality.py", "--textures", str(textures), "--reference", str(tmp_path / "none"), "--size", "32",
+             "--steps", "1", "--seeds", "1", "--first-seed", str(seed), "--json", str(runs[-1]),
+             "--sheet", str(tmp_path / f"sheet{seed}.png"))
+    rows = [json.loads(path.read_text())[0] for path in runs]
+    assert [row["seed"] for row in rows] == [0, 1, 2]
+    assert rows[0]["swd"] != rows[1]["swd"]  # different seeds, different images
+
+    out = _run("quality_table.py", "init=" + ",".join(map(str, runs)))
+    (line,) = [line for line in out.splitlines() if line.startswith("| bricks | init |")]
+    cells = [cell.strip() for cell in line.split("|")[1:-1]]
+    assert cells[2] == "3"
+    assert abs(float(cells[3]) - sorted(row["swd"] for row in rows)[1]) <= 5e-4  # the median, 3 decimals
+    assert abs(float(cells[-1]) - max(row["swd"] for row in rows)) <= 5e-4
+
+
+def test_quality_table_names_a_malformed_run():
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "quality_table.py"), "sigmoid"], capture_output=True,
+                          text=True)
+    assert done.returncode == 2 and "expected LABEL=FILE" in done.stderr

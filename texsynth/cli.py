@@ -95,7 +95,7 @@ def _add_synthesis_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--loss", action="append", default=[], metavar="NAME=WEIGHT",
                          help="set a loss weight (adds the loss if new, 0 removes it); repeatable")
     command.add_argument("--preset", help="named recipe, e.g. liu2016 (see `texsynth list`)")
-    command.add_argument("--init", help="starting image: sigmoid, uniform, gaussian, random_phase")
+    command.add_argument("--init", help="starting image: sigmoid, uniform, gaussian, random_phase (default: the preset's)")
     command.add_argument("--coarse-levels", type=int, metavar="K",
                          help="coarse-to-fine: K smaller stages (1/2^K … 1/2 of the size) first (default: the preset's)")
     command.add_argument("--stop-when-stalled", type=float, metavar="FRACTION",

@@ -55,7 +55,8 @@ class TextureSynthesis(L.LightningModule):
             replaces them.
         preset: a recipe name (``liu2016``, ``vgg19``, ``random_multiscale``) or ``Preset``.
         seed: seeds the initial image; ``None`` draws one (recorded in ``hparams``).
-        init: starting image (``sigmoid``, ``uniform``, ``gaussian``, ``random_phase``).
+        init: starting image (``sigmoid``, ``uniform``, ``gaussian``, ``random_phase``); default:
+            the preset's (``gaussian`` for ``weight_free``, ``sigmoid`` for the others).
         lbfgs: ``torch.optim.LBFGS`` options over the preset's (lr, max_iter, history_size, …).
         variations: how many different textures to synthesize at once (a batch; each
             sample's losses are independent of the others').
