@@ -21,8 +21,7 @@ import statistics
 import sys
 from pathlib import Path
 
-METRICS = ("swd", "spectrum", "lbp", "color", "chroma", "copy")
-DECIMALS = {"chroma": 4}
+from quality import DECIMALS, METRICS  # the columns quality.py writes, printed alike
 
 
 def parse_run(text: str) -> tuple[str, list[Path]]:

@@ -12,7 +12,7 @@ from texsynth.errors import InvalidArgumentError
 from texsynth.metrics.functional import copy_score
 
 
-def _require_open_fraction(value: object, requirement: str) -> None:
+def require_open_fraction(value: object, requirement: str) -> None:
     """Refuse anything but a number strictly between 0 and 1 (booleans included), naming it."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
         raise InvalidArgumentError(f"{requirement}, got {value!r}")
@@ -54,7 +54,7 @@ class StopWhenStalled(L.Callback):
     """
 
     def __init__(self, min_improvement: float, patience: int = 2) -> None:
-        _require_open_fraction(min_improvement, "stop_when_stalled must be a fraction in (0, 1)")
+        require_open_fraction(min_improvement, "stop_when_stalled must be a fraction in (0, 1)")
         if not isinstance(patience, int) or patience < 1:
             raise InvalidArgumentError(f"patience must be a positive integer, got {patience!r}")
         self.min_improvement, self.patience = float(min_improvement), patience
@@ -90,7 +90,7 @@ class StopBeforeCopying(L.Callback):
     PERIODIC_MARGIN = 0.1
 
     def __init__(self, max_copy_score: float) -> None:
-        _require_open_fraction(max_copy_score, "max_copy_score must be a number in (0, 1)")
+        require_open_fraction(max_copy_score, "max_copy_score must be a number in (0, 1)")
         self.max_copy_score = float(max_copy_score)
         self.threshold = self.max_copy_score
 
@@ -182,7 +182,7 @@ class MatmulPrecision(L.Callback):
                 f"matmul_precision must be one of {', '.join(MATMUL_PRECISIONS)}, got {precision!r}"
             )
         if fall_back_below is not None:
-            _require_open_fraction(fall_back_below, "fall_back_below must be a fraction in (0, 1) or None")
+            require_open_fraction(fall_back_below, "fall_back_below must be a fraction in (0, 1) or None")
         self.precision = precision
         self.fall_back_below = fall_back_below
         self.fell_back_at_step: int | None = None

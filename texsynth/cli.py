@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from texsynth.callbacks import MATMUL_PRECISIONS
+from texsynth.callbacks import MATMUL_PRECISIONS, require_open_fraction
 from texsynth.errors import InvalidArgumentError, TexsynthError
 from texsynth.presets import DEFAULT_STEPS
 
@@ -164,10 +164,10 @@ def _recipe_options(args: argparse.Namespace) -> dict[str, object]:
         raise InvalidArgumentError(f"--seed must be >= 0, got {args.seed}")
     if args.coarse_levels is not None and args.coarse_levels < 0:
         raise InvalidArgumentError(f"--coarse-levels must be >= 0, got {args.coarse_levels}")
-    if args.stop_when_stalled is not None and not 0 < args.stop_when_stalled < 1:
-        raise InvalidArgumentError(f"--stop-when-stalled must be a fraction in (0, 1), got {args.stop_when_stalled}")
-    if args.max_copy_score is not None and not 0 < args.max_copy_score < 1:
-        raise InvalidArgumentError(f"--max-copy-score must be in (0, 1), got {args.max_copy_score}")
+    if args.stop_when_stalled is not None:
+        require_open_fraction(args.stop_when_stalled, "--stop-when-stalled must be a fraction in (0, 1)")
+    if args.max_copy_score is not None:
+        require_open_fraction(args.max_copy_score, "--max-copy-score must be in (0, 1)")
     weights_given = dict(parse_loss_argument(text) for text in args.loss)
     lbfgs = dict(extras.get("lbfgs") or {})
     if args.max_iter:
