@@ -74,3 +74,68 @@ def test_synthesize_runs_coarse_levels_and_the_cli_records_them(exemplar, tmp_pa
     assert read_config(tmp_path / "out.texsynth.yaml")["coarse_levels"] == 1
     assert main(["synthesize", str(tmp_path / "ex.png"), "-o", str(out), "--coarse-levels", "-1"]) == 2
     assert "--coarse-levels must be >= 0" in capsys.readouterr().err
+
+
+def _fits_by_size(monkeypatch):
+    """Record (output size, steps) of every fit ``synthesize`` runs, coarse stages included."""
+    import texsynth.api as api
+
+    runs, real_fit = [], api.fit
+
+    def recording_fit(module, steps, **options):
+        runs.append((module.output_size, steps))
+        return real_fit(module, steps, **options)
+
+    monkeypatch.setattr(api, "fit", recording_fit)
+    return runs
+
+
+def test_coarse_steps_sets_the_coarse_stages_budget_apart_from_the_full_size(exemplar, monkeypatch):
+    runs = _fits_by_size(monkeypatch)
+    result = synthesize(exemplar, steps=3, size=32, seed=0, coarse_levels=2, coarse_steps=1, accelerator="cpu",
+                        lbfgs={"max_iter": 2}, **TINY_BACKBONE)
+    assert runs == [((8, 8), 1), ((16, 16), 1), ((32, 32), 3)]
+    assert result.steps == 3
+    runs.clear()
+    synthesize(exemplar, steps=2, size=32, seed=0, coarse_levels=1, accelerator="cpu",
+               lbfgs={"max_iter": 2}, **TINY_BACKBONE)
+    assert runs == [((16, 16), 2), ((32, 32), 2)]  # unset: as many as the full size
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(InvalidArgumentError, match="coarse steps must be a positive integer"):
+            synthesize(exemplar, steps=1, size=32, seed=0, coarse_levels=1, coarse_steps=bad, **TINY_BACKBONE)
+
+
+def test_a_presets_coarse_steps_apply_unless_overridden(exemplar, monkeypatch):
+    from texsynth.presets import PRESETS, Preset, register_preset
+
+    register_preset(Preset(name="tiny_warm_start", description="test", backbone="random_multiscale",
+                           backbone_options={"kernel_sizes": (3, 5), "filters": 8},
+                           losses={"gram": {"relative": True}}, coarse_levels=1, coarse_steps=1))
+    try:
+        runs = _fits_by_size(monkeypatch)
+        synthesize(exemplar, steps=2, size=32, seed=0, preset="tiny_warm_start", accelerator="cpu",
+                   lbfgs={"max_iter": 2})
+        assert runs == [((16, 16), 1), ((32, 32), 2)]
+        runs.clear()
+        synthesize(exemplar, steps=2, size=32, seed=0, preset="tiny_warm_start", coarse_steps=3,
+                   accelerator="cpu", lbfgs={"max_iter": 2})
+        assert runs == [((16, 16), 3), ((32, 32), 2)]
+    finally:
+        PRESETS.remove("tiny_warm_start")
+
+
+def test_the_cli_takes_and_records_coarse_steps(exemplar, tmp_path, capsys):
+    from texsynth.cli import main
+    from texsynth.config import read_config
+    from texsynth.image_io import save_image
+
+    save_image(exemplar[0], tmp_path / "ex.png")
+    config = tmp_path / "tiny.yaml"
+    config.write_text("backbone: random_multiscale\nbackbone_options: {kernel_sizes: [3, 5], filters: 8}\n")
+    out = tmp_path / "out.png"
+    assert main(["synthesize", str(tmp_path / "ex.png"), "-o", str(out), "--config", str(config), "--steps", "1",
+                 "--max-iter", "2", "--coarse-levels", "1", "--coarse-steps", "2", "--no-log", "--no-progress",
+                 "--seed", "0"]) == 0
+    assert read_config(tmp_path / "out.texsynth.yaml")["coarse_steps"] == 2
+    assert main(["synthesize", str(tmp_path / "ex.png"), "-o", str(out), "--coarse-steps", "0"]) == 2
+    assert "--coarse-steps must be" in capsys.readouterr().err

@@ -123,6 +123,7 @@ def synthesize(
     image_path: str | os.PathLike | None = None,
     resume: str | os.PathLike | None = None,
     coarse_levels: int | None = None,
+    coarse_steps: int | None = None,
     stop_when_stalled: float | None = None,
     max_copy_score: float | None = None,
     callbacks: Sequence[Any] = (),
@@ -132,8 +133,9 @@ def synthesize(
 
     ``steps`` counts L-BFGS steps (each up to ``max_iter`` evaluations); with ``resume`` (a
     checkpoint of the same settings) it is the total the resumed run continues to.
-    ``coarse_levels`` coarser stages (1/2^k of the size, ``steps`` steps each) run first and
-    start the full-size optimization (:mod:`texsynth.multiscale`); default: the preset's.
+    ``coarse_levels`` coarser stages (1/2^k of the size, ``coarse_steps`` steps each, else
+    ``steps``) run first and start the full-size optimization (:mod:`texsynth.multiscale`);
+    both default to the preset's.
     Other keyword options go to :class:`TextureSynthesis` (``exemplar_size``, ``init``,
     ``lbfgs``, …). ``stop_when_stalled=f`` ends the full-size run early once the loss
     improves by less than the fraction ``f`` per step for two steps in a row
@@ -146,6 +148,9 @@ def synthesize(
     recipe_options = dict(backbone=backbone, weights=weights, losses=losses, preset=preset, **module_options)
     module = TextureSynthesis(exemplar, size=size, seed=seed, **recipe_options)
     levels = module.preset.coarse_levels if coarse_levels is None else coarse_levels
+    stage_steps = coarse_steps if coarse_steps is not None else module.preset.coarse_steps or steps
+    if not isinstance(stage_steps, int) or isinstance(stage_steps, bool) or stage_steps < 1:
+        raise InvalidArgumentError(f"coarse steps must be a positive integer, got {stage_steps!r}")
     trainer_options = dict(quiet=quiet, accelerator=accelerator, devices=devices, precision=precision,
                            matmul_precision=matmul_precision, progress_bar=progress_bar)
     coarse_seconds = 0.0
@@ -156,7 +161,7 @@ def synthesize(
             nonlocal coarse_seconds
             coarse_seconds += fit(stage, stage_steps, logdir=False, **trainer_options)[0]
 
-        coarse_to_fine_start(module, levels, steps, run_stage, recipe_options)
+        coarse_to_fine_start(module, levels, stage_steps, run_stage, recipe_options)
     seconds, log_dir = fit(
         module, steps, logdir=logdir, log_images_every=log_images_every,
         checkpoint=checkpoint, checkpoint_every=checkpoint_every, image_path=image_path, resume=resume,

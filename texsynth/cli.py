@@ -98,6 +98,8 @@ def _add_synthesis_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--init", help="starting image: sigmoid, uniform, gaussian, random_phase (default: the preset's)")
     command.add_argument("--coarse-levels", type=int, metavar="K",
                          help="coarse-to-fine: K smaller stages (1/2^K … 1/2 of the size) first (default: the preset's)")
+    command.add_argument("--coarse-steps", type=int, metavar="N",
+                         help="L-BFGS steps of each coarse stage (default: the preset's, else --steps)")
     command.add_argument("--stop-when-stalled", type=float, metavar="FRACTION",
                          help="stop before --steps once the loss improves by less than FRACTION per step, "
                               "two steps in a row (e.g. 0.01)")
@@ -164,6 +166,8 @@ def _recipe_options(args: argparse.Namespace) -> dict[str, object]:
         raise InvalidArgumentError(f"--seed must be >= 0, got {args.seed}")
     if args.coarse_levels is not None and args.coarse_levels < 0:
         raise InvalidArgumentError(f"--coarse-levels must be >= 0, got {args.coarse_levels}")
+    if args.coarse_steps is not None:
+        _check_positive("--coarse-steps", args.coarse_steps)
     if args.stop_when_stalled is not None:
         require_open_fraction(args.stop_when_stalled, "--stop-when-stalled must be a fraction in (0, 1)")
     if args.max_copy_score is not None:
@@ -184,6 +188,7 @@ def _recipe_options(args: argparse.Namespace) -> dict[str, object]:
         "backbone_options": extras.get("backbone_options"),
         "lbfgs": lbfgs or None,
         "coarse_levels": args.coarse_levels,
+        "coarse_steps": args.coarse_steps,
         "stop_when_stalled": args.stop_when_stalled,
         "matmul_precision": args.matmul_precision,
         "max_copy_score": args.max_copy_score,
@@ -227,6 +232,7 @@ def _synthesize(args: argparse.Namespace) -> int:
     config = run_config(module, exemplar=args.exemplar, output=str(output), steps=args.steps, trainer=trainer)
     config["imports"] = list(args.imports)
     config["coarse_levels"] = module.preset.coarse_levels if args.coarse_levels is None else args.coarse_levels
+    config["coarse_steps"] = module.preset.coarse_steps if args.coarse_steps is None else args.coarse_steps
     config["stop_when_stalled"] = args.stop_when_stalled
     config["matmul_precision"] = args.matmul_precision
     config["max_copy_score"] = args.max_copy_score

@@ -44,6 +44,9 @@ class Preset:
     lbfgs: dict[str, Any] = field(default_factory=lambda: dict(LBFGS_DEFAULTS))
     #: coarse-to-fine stages before the full size (1/2^k of it; see texsynth.multiscale)
     coarse_levels: int = 0
+    #: L-BFGS steps of each coarse stage (None: as many as the full-size run). A few steps
+    #: give the full size a head start; many settle the exemplar's layout, i.e. copy it.
+    coarse_steps: int | None = None
 
     def loss_options(self) -> dict[str, dict[str, Any]]:
         return copy.deepcopy(self.losses)
@@ -164,7 +167,9 @@ WEIGHT_FREE = register_preset(
         # with them the wrong way round for 2 of 3 seeds, at the same medians otherwise
         # (benchmarks/README.md, "Seed 0 only")
         init="gaussian",
-        # coarse-to-fine stages reach the distance metrics sooner but copy the exemplar's
-        # layout with this backbone (benchmarks/README.md), so they are opt-in
+        # coarse-to-fine stages copy the exemplar's layout when run to convergence; two steps
+        # at half size (--coarse-levels 1 --coarse-steps 2) are a measured head start that
+        # still drifts towards the layout in long runs, so it is opt-in (benchmarks/README.md,
+        # "A two-step warm start at half size")
     )
 )
