@@ -63,4 +63,3 @@ def test_the_weight_free_default_starts_from_the_exemplars_mean_colour(torch_hom
     assert not torch.equal(other_seed[0], image[0])
     reference_start = TextureSynthesis(exemplar, size=24, seed=0, preset="weight_free", init="sigmoid")
     assert float(reference_start.image.detach().std()) > 0.1
-

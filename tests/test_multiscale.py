@@ -139,3 +139,13 @@ def test_the_cli_takes_and_records_coarse_steps(exemplar, tmp_path, capsys):
     assert read_config(tmp_path / "out.texsynth.yaml")["coarse_steps"] == 2
     assert main(["synthesize", str(tmp_path / "ex.png"), "-o", str(out), "--coarse-steps", "0"]) == 2
     assert "--coarse-steps must be" in capsys.readouterr().err
+
+
+def test_batch_refuses_bad_coarse_steps_before_starting(exemplar, tmp_path):
+    from texsynth import batch
+    from texsynth.image_io import save_image
+
+    save_image(exemplar[0], tmp_path / "src" / "a.png")
+    with pytest.raises(InvalidArgumentError, match="coarse steps must be a positive integer, got 0"):
+        batch(tmp_path / "src", tmp_path / "out", coarse_levels=1, coarse_steps=0, **TINY_BACKBONE)
+    assert not (tmp_path / "out").exists()

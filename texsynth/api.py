@@ -18,6 +18,7 @@ from texsynth.checkpointing import SaveAndInterrupt
 from texsynth.errors import CheckpointError, InvalidArgumentError
 from texsynth.image_io import ImageSource, save_image, to_pil
 from texsynth.module import TextureSynthesis
+from texsynth.multiscale import coarse_to_fine_start, require_coarse_steps
 from texsynth.presets import DEFAULT_STEPS
 from texsynth.trainer import DEFAULT_LOGDIR, make_trainer
 
@@ -145,17 +146,15 @@ def synthesize(
     ``logdir`` is given. ``seconds`` in the result counts every stage.
     """
     callbacks = [*callbacks, *stopping_callbacks(stop_when_stalled, max_copy_score)]
+    require_coarse_steps(coarse_steps)
     recipe_options = dict(backbone=backbone, weights=weights, losses=losses, preset=preset, **module_options)
     module = TextureSynthesis(exemplar, size=size, seed=seed, **recipe_options)
     levels = module.preset.coarse_levels if coarse_levels is None else coarse_levels
     stage_steps = coarse_steps if coarse_steps is not None else module.preset.coarse_steps or steps
-    if not isinstance(stage_steps, int) or isinstance(stage_steps, bool) or stage_steps < 1:
-        raise InvalidArgumentError(f"coarse steps must be a positive integer, got {stage_steps!r}")
     trainer_options = dict(quiet=quiet, accelerator=accelerator, devices=devices, precision=precision,
                            matmul_precision=matmul_precision, progress_bar=progress_bar)
     coarse_seconds = 0.0
     if levels and resume is None:
-        from texsynth.multiscale import coarse_to_fine_start
 
         def run_stage(stage: TextureSynthesis, stage_steps: int) -> None:
             nonlocal coarse_seconds

@@ -20,6 +20,12 @@ from texsynth._logging import log
 from texsynth.errors import InvalidArgumentError
 
 
+def require_coarse_steps(value: Any) -> None:
+    """Coarse stages' step budget must be a positive integer (``None``: the run's steps)."""
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+        raise InvalidArgumentError(f"coarse steps must be a positive integer, got {value!r}")
+
+
 def coarse_to_fine_start(
     module: Any,
     levels: int,
