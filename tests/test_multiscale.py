@@ -122,6 +122,8 @@ def test_a_presets_coarse_steps_apply_unless_overridden(exemplar, monkeypatch):
         assert runs == [((16, 16), 3), ((32, 32), 2)]
     finally:
         PRESETS.remove("tiny_warm_start")
+    with pytest.raises(InvalidArgumentError, match="coarse steps must be a positive integer, got 0"):
+        Preset(name="bad", description="", backbone="vgg19", coarse_steps=0)
 
 
 def test_the_cli_takes_and_records_coarse_steps(exemplar, tmp_path, capsys):

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from texsynth._registry import Registry
+from texsynth.multiscale import require_coarse_steps
 
 LBFGS_DEFAULTS: dict[str, Any] = {
     "lr": 1.0,
@@ -47,6 +48,9 @@ class Preset:
     #: L-BFGS steps of each coarse stage (None: as many as the full-size run). A few steps
     #: give the full size a head start; many settle the exemplar's layout, i.e. copy it.
     coarse_steps: int | None = None
+
+    def __post_init__(self) -> None:
+        require_coarse_steps(self.coarse_steps)
 
     def loss_options(self) -> dict[str, dict[str, Any]]:
         return copy.deepcopy(self.losses)
