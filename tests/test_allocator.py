@@ -1,0 +1,45 @@
+"""Freed memory is kept for reuse: repeated large allocations stop faulting pages in."""
+
+from __future__ import annotations
+
+import resource
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from texsynth.allocator import _glibc
+
+pytestmark = pytest.mark.skipif(_glibc() is None, reason="glibc's allocator only")
+
+PROBE = textwrap.dedent("""
+    import resource, sys, torch
+    from texsynth.allocator import keep_freed_memory
+    if sys.argv[1] == "keep":
+        assert keep_freed_memory()
+    if sys.argv[1] == "trainer":
+        from texsynth.trainer import make_trainer
+        make_trainer(1, logdir=False, progress_bar=False)
+    torch.empty(25_000_000).fill_(1.0)  # 100 MB (above glibc's adaptive limit of 32 MiB), freed
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(10):
+        torch.empty(25_000_000).fill_(1.0)
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+""")
+
+
+def _page_faults(mode: str, **env: str) -> int:
+    import os
+
+    result = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True,
+                            env={**os.environ, **env}, check=True)
+    return int(result.stdout.split()[-1])
+
+
+def test_kept_memory_is_reused_without_page_faults():
+    pages = 100_000_000 // resource.getpagesize()
+    assert _page_faults("default") > 8 * pages  # each of the 10 blocks mapped and faulted in again
+    assert _page_faults("keep") < 4 * pages  # the freed pages are reused (mostly)
+    assert _page_faults("trainer") < 4 * pages  # make_trainer applies it
+    assert _page_faults("trainer", TEXSYNTH_KEEP_FREED_MEMORY="0") > 8 * pages  # opt-out
