@@ -43,3 +43,19 @@ def test_kept_memory_is_reused_without_page_faults():
     assert _page_faults("keep") < 4 * pages  # the freed pages are reused (mostly)
     assert _page_faults("trainer") < 4 * pages  # make_trainer applies it
     assert _page_faults("trainer", TEXSYNTH_KEEP_FREED_MEMORY="0") > 8 * pages  # opt-out
+
+
+def test_memory_this_process_keeps_counts_as_available(monkeypatch):
+    import torch
+
+    from texsynth import allocator
+    from texsynth.memory import available_bytes
+
+    assert allocator.keep_freed_memory()
+    torch.empty(25_000_000).fill_(1.0)  # 100 MB, freed at once and kept
+    kept = allocator.kept_free_bytes()
+    assert kept >= 90_000_000
+    with_kept = available_bytes(torch.device("cpu"))
+    monkeypatch.setattr(allocator, "kept_free_bytes", lambda: 0)
+    monkeypatch.setattr("texsynth.memory.kept_free_bytes", lambda: 0)
+    assert with_kept - available_bytes(torch.device("cpu")) > 0.5 * kept  # MemAvailable moves a little between reads

@@ -50,6 +50,24 @@ def keep_freed_memory(limit: int = KEEP_BLOCKS_UP_TO) -> bool:
     return _applied
 
 
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def kept_free_bytes() -> int:
+    """Bytes this process freed and kept for reuse (0 unless :func:`keep_freed_memory` applied).
+
+    The system counts them as used, though the next run in this process reuses them; the
+    memory guard adds them to what is available.
+    """
+    libc = _glibc() if _applied else None
+    if libc is None or not hasattr(libc, "mallinfo2"):  # glibc >= 2.33
+        return 0
+    libc.mallinfo2.restype = _MallInfo2
+    return int(libc.mallinfo2().fordblks)
+
+
 def _glibc() -> ctypes.CDLL | None:
     name = ctypes.util.find_library("c")
     try:

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from texsynth._logging import log
+from texsynth.allocator import kept_free_bytes
 from texsynth.errors import InvalidArgumentError
 
 PROBE = 64
@@ -122,11 +123,11 @@ def available_bytes(device: torch.device) -> int | None:
             with open("/proc/meminfo") as meminfo:
                 for line in meminfo:
                     if line.startswith("MemAvailable:"):
-                        return int(line.split()[1]) * 1024
+                        return int(line.split()[1]) * 1024 + kept_free_bytes()
         except OSError:
             pass
         try:
-            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") + kept_free_bytes()
         except (ValueError, OSError, AttributeError):
             return None
     return None
