@@ -5,7 +5,8 @@ that large with ``mmap`` and unmaps them when freed, so every evaluation faults 
 memory in again, page by page (about 200,000 page faults per evaluation of the weight-free
 default at 256x256: a quarter of the CPU time went to the kernel). Raising glibc's mmap and
 trim thresholds keeps those blocks in the heap, where the next evaluation reuses them:
-1.7x cheaper evaluations on CPU (``benchmarks/allocator.py``). The cost is that a process
+weight-free evaluations 1.74x cheaper at 256x256 on CPU, VGG19's 1.25x
+(``benchmarks/allocator.py``). The cost is that a process
 keeps up to its peak of freed memory until it exits.
 
 It applies to the whole process and only to glibc's allocator (Linux); elsewhere it does
@@ -16,12 +17,13 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 
 from texsynth._logging import log
 
-#: blocks up to this size come from the heap and are reused (larger ones: one per process
-#: at most, e.g. the 6 GB activations of a 2048x2048 weight-free run, stay mmap'ed)
+#: blocks up to this size come from the heap and are reused; larger ones (the 6 GB
+#: activations of a 2048x2048 weight-free run) are mapped and unmapped as before
 KEEP_BLOCKS_UP_TO = 1 << 30
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -68,6 +70,7 @@ def kept_free_bytes() -> int:
     return int(libc.mallinfo2().fordblks)
 
 
+@functools.lru_cache(maxsize=1)
 def _glibc() -> ctypes.CDLL | None:
     name = ctypes.util.find_library("c")
     try:

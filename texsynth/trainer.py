@@ -52,7 +52,7 @@ def make_trainer(
     ``matmul_precision`` (``"highest"``, ``"high"``, ``"medium"``): the internal precision of
     float32 matrix products during the run, until a step stalls on the rounding
     (:class:`~texsynth.callbacks.MatmulPrecision`). Also makes glibc keep freed memory for
-    reuse (:func:`texsynth.allocator.keep_freed_memory`: 1.7x cheaper CPU evaluations).
+    reuse (:func:`texsynth.allocator.keep_freed_memory`: up to 1.7x cheaper CPU evaluations).
     """
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise InvalidArgumentError(f"steps must be a positive integer, got {steps!r}")
