@@ -32,6 +32,19 @@ def test_speed_prints_the_floor_ratio():
     assert ratio and float(ratio.group(1)) > 0
 
 
+def test_allocator_compares_both_settings():
+    import pytest
+
+    from texsynth.allocator import _glibc
+
+    if _glibc() is None:
+        pytest.skip("glibc's allocator only")
+    out = _run("allocator.py", "--size", "32", "--repeats", "1", "--evals", "1")
+    assert re.search(r"^\| glibc defaults \| [\d.]+ \| [\d.]+ \| [\d,]+ \|$", out, re.M)
+    assert re.search(r"^\| freed memory kept \(texsynth\) \| [\d.]+ \|", out, re.M)
+    assert re.search(r"^speed-up \(best\): [\d.]+x$", out, re.M)
+
+
 def test_precision_prints_one_row_per_setting():
     out = _run("precision.py", "--sizes", "32", "--repeats", "1", "--evals", "1")
     rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| weight_free | 32 |")]
