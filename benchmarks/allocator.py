@@ -1,7 +1,7 @@
 """Cost per evaluation with glibc's default allocator vs freed memory kept for reuse.
 
-texsynth keeps freed memory (``texsynth.allocator.keep_freed_memory``, applied by
-``make_trainer``); this script switches glibc's thresholds back and forth in one process and
+With ``TEXSYNTH_KEEP_FREED_MEMORY=1`` texsynth keeps freed memory for reuse
+(``texsynth.allocator``; opt-in, it raises peak memory at large sizes); this script switches glibc's thresholds back and forth in one process and
 times the same evaluations under each, interleaved, with the page faults they cause.
 
     python benchmarks/allocator.py --size 256 --repeats 4
@@ -66,7 +66,7 @@ def main() -> None:
           f"best / median of {args.repeats} x {args.evals} evaluations")
     print("| allocator | s / evaluation (best) | median | page faults / evaluation |")
     print("|---|---|---|---|")
-    for keep, label in ((False, "glibc defaults"), (True, "freed memory kept (texsynth)")):
+    for keep, label in ((False, "glibc defaults"), (True, "freed memory kept (opt-in)")):
         ordered = sorted(times[keep])
         print(f"| {label} | {ordered[0]:.3f} | {ordered[len(ordered) // 2]:.3f} | {sorted(faults[keep])[len(ordered) // 2]:,.0f} |")
     print(f"speed-up (best): {min(times[False]) / min(times[True]):.2f}x")

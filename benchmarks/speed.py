@@ -39,7 +39,7 @@ import torchvision
 from torch import nn
 
 import texsynth
-from texsynth.allocator import keep_freed_memory
+from texsynth.allocator import keep_freed_memory_if_asked
 from texsynth.api import fit
 from texsynth.examples import load_example
 from texsynth.image_io import center_crop_resize, load_image
@@ -218,9 +218,9 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--recipe", choices=("liu2016", "weight_free"), default="liu2016")
     args = parser.parse_args()
-    # texsynth's Trainer keeps freed memory for reuse (texsynth.allocator); applied up front so
-    # the floor and the reference rows run under the same allocator as texsynth's
-    keep_freed_memory()
+    # with TEXSYNTH_KEEP_FREED_MEMORY=1 texsynth's Trainer keeps freed memory for reuse
+    # (texsynth.allocator); applied up front then, so every row runs under the same allocator
+    keep_freed_memory_if_asked()
 
     source = args.exemplar
     image = load_image(source) if Path(source).exists() else load_example(source, size=args.size)

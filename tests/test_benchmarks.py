@@ -41,7 +41,7 @@ def test_allocator_compares_both_settings():
         pytest.skip("glibc's allocator only")
     out = _run("allocator.py", "--size", "32", "--repeats", "1", "--evals", "1")
     assert re.search(r"^\| glibc defaults \| [\d.]+ \| [\d.]+ \| [\d,]+ \|$", out, re.M)
-    assert re.search(r"^\| freed memory kept \(texsynth\) \| [\d.]+ \|", out, re.M)
+    assert re.search(r"^\| freed memory kept \(opt-in\) \| [\d.]+ \|", out, re.M)
     assert re.search(r"^speed-up \(best\): [\d.]+x$", out, re.M)
 
 

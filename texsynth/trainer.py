@@ -13,7 +13,7 @@ import lightning as L
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from texsynth.allocator import keep_freed_memory
+from texsynth.allocator import keep_freed_memory_if_asked
 from texsynth.callbacks import MatmulPrecision, TensorBoardImages
 from texsynth.checkpointing import AtomicCheckpointIO
 from texsynth.errors import InvalidArgumentError
@@ -51,12 +51,13 @@ def make_trainer(
 
     ``matmul_precision`` (``"highest"``, ``"high"``, ``"medium"``): the internal precision of
     float32 matrix products during the run, until a step stalls on the rounding
-    (:class:`~texsynth.callbacks.MatmulPrecision`). Also makes glibc keep freed memory for
-    reuse (:func:`texsynth.allocator.keep_freed_memory`: up to 1.7x cheaper CPU evaluations).
+    (:class:`~texsynth.callbacks.MatmulPrecision`). With ``TEXSYNTH_KEEP_FREED_MEMORY=1``,
+    glibc keeps freed memory for reuse (:mod:`texsynth.allocator`: up to 1.7x cheaper CPU
+    evaluations, more peak memory).
     """
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise InvalidArgumentError(f"steps must be a positive integer, got {steps!r}")
-    keep_freed_memory()
+    keep_freed_memory_if_asked()
     logger: TensorBoardLogger | bool = False
     extra: list[L.Callback] = [] if matmul_precision is None else [MatmulPrecision(matmul_precision)]
     if logdir:
