@@ -1,8 +1,9 @@
 """Cost per evaluation with glibc's default allocator vs freed memory kept for reuse.
 
 With ``TEXSYNTH_KEEP_FREED_MEMORY=1`` texsynth keeps freed memory for reuse
-(``texsynth.allocator``; opt-in, it raises peak memory at large sizes); this script switches glibc's thresholds back and forth in one process and
-times the same evaluations under each, interleaved, with the page faults they cause.
+(``texsynth.allocator``; opt-in, it raises peak memory at large sizes); this script switches
+glibc's thresholds back and forth in one process and times the same evaluations under each,
+interleaved, with the page faults they cause.
 
     python benchmarks/allocator.py --size 256 --repeats 4
 """
@@ -10,24 +11,14 @@ times the same evaluations under each, interleaved, with the page faults they ca
 from __future__ import annotations
 
 import argparse
-import ctypes
 import resource
 import time
 
 import torch
 
-from texsynth.allocator import KEEP_BLOCKS_UP_TO, _glibc
+from texsynth.allocator import GLIBC_DEFAULT_THRESHOLD, KEEP_BLOCKS_UP_TO, set_malloc_thresholds
 from texsynth.examples import load_example
 from texsynth.module import TextureSynthesis
-
-GLIBC_DEFAULT_THRESHOLD = 128 * 1024  # M_MMAP_THRESHOLD and M_TRIM_THRESHOLD
-
-
-def set_thresholds(libc: ctypes.CDLL, keep: bool) -> None:
-    value = KEEP_BLOCKS_UP_TO if keep else GLIBC_DEFAULT_THRESHOLD
-    libc.mallopt(-3, value)  # M_MMAP_THRESHOLD
-    libc.mallopt(-1, min(2 * value, 2**31 - 1))  # M_TRIM_THRESHOLD
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -36,8 +27,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=4)
     parser.add_argument("--evals", type=int, default=4)
     args = parser.parse_args()
-    libc = _glibc()
-    if libc is None:
+    if not set_malloc_thresholds(GLIBC_DEFAULT_THRESHOLD):
         raise SystemExit("allocator.py: glibc's allocator only (Linux)")
     weights = {"weights": "random"} if args.preset in ("vgg19", "liu2016") else {}  # costs what ImageNet's do
     module = TextureSynthesis(load_example("cracks", size=args.size), size=args.size, seed=0, preset=args.preset,
@@ -57,7 +47,7 @@ def main() -> None:
     faults: dict[bool, list[float]] = {False: [], True: []}
     for _ in range(args.repeats):
         for keep in (False, True):
-            set_thresholds(libc, keep)
+            set_malloc_thresholds(KEEP_BLOCKS_UP_TO if keep else GLIBC_DEFAULT_THRESHOLD)
             evaluate(1)  # settle into the new setting
             seconds, count = evaluate(args.evals)
             times[keep].append(seconds)

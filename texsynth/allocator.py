@@ -5,9 +5,9 @@ that large with ``mmap`` and unmaps them when freed, so every evaluation faults 
 memory in again, page by page (about 200,000 page faults per evaluation of the weight-free
 default at 256x256: a quarter of the CPU time went to the kernel). Raising glibc's mmap and
 trim thresholds keeps those blocks in the heap, where the next evaluation reuses them:
-weight-free evaluations 1.74x cheaper at 256x256 on CPU, VGG19's 1.25x
-(``benchmarks/allocator.py``). The cost is that a process
-keeps up to its peak of freed memory until it exits.
+weight-free evaluations 1.66x cheaper at 256x256 on CPU with blocks up to 256 MiB kept
+(``benchmarks/allocator.py``). The cost is that a process keeps up to its peak of freed
+memory until it exits.
 
 It applies to the whole process and only to glibc's allocator (Linux); elsewhere it does
 nothing. It is opt-in: kept blocks fragment the heap, and a 2048x2048 weight-free step
@@ -31,7 +31,20 @@ KEEP_BLOCKS_UP_TO = 256 << 20
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 _INT_MAX = 2**31 - 1
+#: glibc's initial M_MMAP_THRESHOLD and M_TRIM_THRESHOLD
+GLIBC_DEFAULT_THRESHOLD = 128 * 1024
 _applied = False
+
+
+def set_malloc_thresholds(limit: int) -> bool:
+    """Serve blocks up to ``limit`` bytes from the heap and trim it only past ``2 * limit``;
+    True if glibc took both. ``GLIBC_DEFAULT_THRESHOLD`` puts glibc's start-up values back."""
+    libc = _glibc()
+    if libc is None:
+        return False
+    # int mallopt(int, int) returns 1 on success
+    return bool(libc.mallopt(_M_MMAP_THRESHOLD, min(limit, _INT_MAX))) and bool(
+        libc.mallopt(_M_TRIM_THRESHOLD, min(2 * limit, _INT_MAX)))
 
 
 def keep_freed_memory(limit: int = KEEP_BLOCKS_UP_TO) -> bool:
@@ -42,12 +55,7 @@ def keep_freed_memory(limit: int = KEEP_BLOCKS_UP_TO) -> bool:
     global _applied
     if _applied:
         return True
-    libc = _glibc()
-    if libc is None:
-        return False
-    # int mallopt(int, int) returns 1 on success
-    trim = min(2 * limit, _INT_MAX)
-    _applied = bool(libc.mallopt(_M_MMAP_THRESHOLD, min(limit, _INT_MAX))) and bool(libc.mallopt(_M_TRIM_THRESHOLD, trim))
+    _applied = set_malloc_thresholds(limit)
     if _applied:
         log.debug("glibc malloc: freed blocks up to %d MiB are kept for reuse", limit >> 20)
     return _applied
@@ -74,7 +82,6 @@ def kept_free_bytes() -> int:
     libc = _glibc() if _applied else None
     if libc is None or not hasattr(libc, "mallinfo2"):  # glibc >= 2.33
         return 0
-    libc.mallinfo2.restype = _MallInfo2
     return int(libc.mallinfo2().fordblks)
 
 
@@ -85,6 +92,8 @@ def _glibc() -> ctypes.CDLL | None:
         libc = ctypes.CDLL(name or "libc.so.6")
         libc.gnu_get_libc_version  # noqa: B018 -- only glibc has it (not musl, not macOS)
         libc.mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+        if hasattr(libc, "mallinfo2"):
+            libc.mallinfo2.restype = _MallInfo2
     except (OSError, AttributeError):
         return None
     return libc

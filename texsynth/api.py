@@ -150,7 +150,7 @@ def synthesize(
     recipe_options = dict(backbone=backbone, weights=weights, losses=losses, preset=preset, **module_options)
     module = TextureSynthesis(exemplar, size=size, seed=seed, **recipe_options)
     levels = module.preset.coarse_levels if coarse_levels is None else coarse_levels
-    stage_steps = coarse_steps if coarse_steps is not None else module.preset.coarse_steps or steps
+    steps_per_stage = coarse_steps if coarse_steps is not None else module.preset.coarse_steps or steps
     trainer_options = dict(quiet=quiet, accelerator=accelerator, devices=devices, precision=precision,
                            matmul_precision=matmul_precision, progress_bar=progress_bar)
     coarse_seconds = 0.0
@@ -160,7 +160,7 @@ def synthesize(
             nonlocal coarse_seconds
             coarse_seconds += fit(stage, stage_steps, logdir=False, **trainer_options)[0]
 
-        coarse_to_fine_start(module, levels, stage_steps, run_stage, recipe_options)
+        coarse_to_fine_start(module, levels, steps_per_stage, run_stage, recipe_options)
     seconds, log_dir = fit(
         module, steps, logdir=logdir, log_images_every=log_images_every,
         checkpoint=checkpoint, checkpoint_every=checkpoint_every, image_path=image_path, resume=resume,
