@@ -7,6 +7,7 @@ whole weight-free backbones (forward + backward to the image, as in one evaluati
 
     python benchmarks/conv.py --sizes 256 512
     python benchmarks/conv.py --kernels --backbones random_pyramid random_multiscale
+    python benchmarks/conv.py --device cuda --sizes 512 1024
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def seconds(conv, image: torch.Tensor, repeats: int) -> float:
     def once() -> None:
         output = conv(image)
         (grad,) = torch.autograd.grad(output, image, torch.ones_like(output))
-        float(grad[0, 0, 0, 0])
+        float(grad[0, 0, 0, 0])  # waits for the device
 
     once()
     best = float("inf")
@@ -48,15 +49,18 @@ def main() -> None:
     parser.add_argument("--backbones", nargs="*", default=["random_pyramid", "random_multiscale"])
     parser.add_argument("--filters", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
-    print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    device = torch.device(args.device)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    print(f"# {where}, {torch.get_num_threads()} threads, torch {torch.__version__}")
     if args.kernels:
         print("| size | kernel | direct ms | matmul backward ms | FFT ms | auto picks |")
         print("|---|---|---|---|---|---|")
     for size in args.sizes if args.kernels else ():
-        image = torch.rand(1, 3, size, size, requires_grad=True)
+        image = torch.rand(1, 3, size, size, device=device, requires_grad=True)
         for k in args.kernels:
-            conv = freeze_module(FastConv2d(3, args.filters, k, padding=k // 2))
+            conv = freeze_module(FastConv2d(3, args.filters, k, padding=k // 2)).to(device)
             times = {}
             for method in METHODS:
                 conv.method = method
@@ -68,11 +72,11 @@ def main() -> None:
         print("\n| backbone | size | all direct s | auto s | speed-up |")
         print("|---|---|---|---|---|")
     for name in args.backbones:
-        backbone = create_backbone(name)
+        backbone = create_backbone(name).to(device)
         convs = [m for m in backbone.modules() if isinstance(m, FastConv2d)]
         taps = FeatureExtractor(backbone, backbone.texture_layers)  # every tap gets a gradient
         for size in args.sizes:
-            image = torch.rand(1, 3, size, size, requires_grad=True)
+            image = torch.rand(1, 3, size, size, device=device, requires_grad=True)
             times = {"direct": [], "auto": []}
             for _ in range(args.repeats):  # interleaved
                 for method in times:

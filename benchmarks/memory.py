@@ -1,12 +1,15 @@
-"""Peak memory of one synthesis step at large output sizes (CPU).
+"""Peak memory of one synthesis step at large output sizes (CPU or GPU).
 
 Each size runs in a fresh process (peak resident memory, ``ru_maxrss``, only grows) that
 builds the module, computes the targets and runs one L-BFGS step of ``--evals``
 evaluations, then prints its peak, its growth during the run (peak minus its size before the
-run: what the guard's estimate, :mod:`texsynth.memory`, models) and the estimate.
+run: what the guard's estimate, :mod:`texsynth.memory`, models) and the estimate. With
+``--accelerator gpu`` the peak is the CUDA caching allocator's (``max_memory_allocated``:
+tensors, not the allocator's reserve or the CUDA context) and the growth is the same number.
 
     python benchmarks/memory.py                          # 512, 1024, 2048 with the default recipe
     python benchmarks/memory.py --sizes 1024 --options '{"checkpointing": false}'
+    python benchmarks/memory.py --accelerator gpu --sizes 1024,2048,4096
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import time
 GIB = 1024**3
 
 
-def child(size: int, evals: int, options: dict) -> None:
+def child(size: int, evals: int, options: dict, accelerator: str) -> None:
     import torch
 
     import texsynth
@@ -31,11 +34,13 @@ def child(size: int, evals: int, options: dict) -> None:
 
     module = texsynth.TextureSynthesis("bricks", size=size, exemplar_size=256, seed=0,
                                        lbfgs={"max_iter": evals, **options.pop("lbfgs", {})}, **options)
-    before = _resident_bytes()  # PyTorch, the backbone, the exemplar: already in use when the guard looks
+    gpu = accelerator != "cpu"
+    before = 0 if gpu else _resident_bytes()  # PyTorch, the backbone, the exemplar: in use when the guard looks
     start = time.perf_counter()
-    fit(module, 1, logdir=False, quiet=True, progress_bar=False, accelerator="cpu")
+    fit(module, 1, logdir=False, quiet=True, progress_bar=False, accelerator=accelerator)
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
+    # ru_maxrss is in kilobytes on Linux
+    peak = torch.cuda.max_memory_allocated() if gpu else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print(json.dumps({"size": size, "peak": peak, "before": before, "estimate": estimate_bytes(module),
                       "evals": module.num_evals, "seconds": seconds, "history": module.lbfgs_options["history_size"],
                       "finite": bool(torch.isfinite(module.image).all())}))
@@ -51,18 +56,21 @@ def main() -> int:
     parser.add_argument("--sizes", default="512,1024,2048")
     parser.add_argument("--evals", type=int, default=3, help="evaluations in the one L-BFGS step")
     parser.add_argument("--options", default="{}", help="JSON TextureSynthesis options")
+    parser.add_argument("--accelerator", default="cpu", help="cpu, or gpu (peak of the CUDA allocator)")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.child, args.evals, json.loads(args.options))
+        child(args.child, args.evals, json.loads(args.options), args.accelerator)
         return 0
-    print(f"{os.cpu_count()} cores; options {args.options}; one L-BFGS step of {args.evals} evaluations")
+    print(f"{os.cpu_count()} cores, {args.accelerator}; options {args.options}; "
+          f"one L-BFGS step of {args.evals} evaluations")
     # the guard compares its estimate with the memory still available when the run starts, so
     # "growth" (peak minus the process's size before the run) is what the estimate models
     print(f"{'size':>6} {'peak GiB':>9} {'growth GiB':>11} {'estimate GiB':>13} {'history':>8} {'s/eval':>7}")
     for size in (int(s) for s in args.sizes.split(",")):
         done = subprocess.run([sys.executable, __file__, "--child", str(size), "--evals", str(args.evals),
-                               "--options", args.options], capture_output=True, text=True)
+                               "--options", args.options, "--accelerator", args.accelerator],
+                              capture_output=True, text=True)
         if done.returncode != 0:
             print(f"{size:>6} failed: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode}")
             continue

@@ -22,6 +22,7 @@ weight-free recipe (floor and texsynth rows only).
 
     python benchmarks/speed.py                      # VGG19 / liu2016 at 256x256
     python benchmarks/speed.py --recipe weight_free
+    python benchmarks/speed.py --device cuda --size 512   # every row on a GPU (texsynth via accelerator="gpu")
 """
 
 from __future__ import annotations
@@ -51,6 +52,13 @@ TAPS = (0, 4, 9, 18, 27, 36)  # the reference's conv1_1 and pool1..pool5
 FLOOR = "floor (bare forward+backward+loss)"
 TEXSYNTH = "texsynth (LightningModule + Trainer)"
 REFERENCE = "reference re-expressed"
+DEVICE = torch.device("cpu")  # --device
+
+
+def sync() -> None:
+    """Wait for queued GPU work, so the host clock measures it."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
 
 
 # ----------------------------------------------------------------------------- reference numerics
@@ -66,7 +74,7 @@ def vgg_features(state: dict[str, torch.Tensor], trainable: bool) -> nn.Sequenti
     features = features[: TAPS[-1] + 1].eval()
     for parameter in features.parameters():
         parameter.requires_grad_(trainable)
-    return features
+    return features.to(DEVICE)
 
 
 def taps(features: nn.Sequential, image: torch.Tensor) -> list[torch.Tensor]:
@@ -106,10 +114,12 @@ def reference_loss(features: nn.Sequential, image: torch.Tensor, target_grams: l
 # ----------------------------------------------------------------------------- the rows
 def loop_seconds_per_eval(image, loss_fn, evals) -> float:
     """Bare loop: ``loss_fn().backward()`` ``evals`` times; seconds per evaluation."""
+    sync()
     start = time.perf_counter()
     for _ in range(evals):
         image.grad = None
         loss_fn().backward()
+    sync()
     return (time.perf_counter() - start) / evals
 
 
@@ -127,20 +137,24 @@ def lbfgs_seconds_per_eval(image, loss_fn, evals, **settings) -> float:
         loss.backward()
         return loss
 
+    sync()
     start = time.perf_counter()
     optimizer.step(closure)
+    sync()
     return (time.perf_counter() - start) / count
 
 
 def vgg_problem(state, exemplar, size, trainable=False):
     """(image, loss function) of the reference formula on VGG19 features."""
     features = vgg_features(state, trainable=trainable)
+    exemplar = exemplar.to(DEVICE)
     # the reference computes its targets with a second copy of the network
     target_features = vgg_features(state, trainable=trainable) if trainable else features
     with torch.no_grad():
         targets = [gram(f) for f in taps(target_features, exemplar)]
     exemplar_fft = torch.fft.fft2(gray(exemplar))
-    start = torch.sigmoid(torch.randn(1, 3, size, size)) if trainable else torch.rand(1, 3, size, size)
+    shape = (1, 3, size, size)
+    start = torch.sigmoid(torch.randn(shape, device=DEVICE)) if trainable else torch.rand(shape, device=DEVICE)
     image = start.requires_grad_(True)
     gram_fn = gram if trainable else floor_gram
     return image, lambda: reference_loss(features, image, targets, exemplar_fft, gram_fn)
@@ -148,7 +162,7 @@ def vgg_problem(state, exemplar, size, trainable=False):
 
 def module_problem(exemplar, **options):
     """(image, loss function, L-BFGS settings) of a texsynth recipe without Lightning."""
-    module = texsynth.TextureSynthesis(exemplar, seed=0, **options)
+    module = texsynth.TextureSynthesis(exemplar, seed=0, **options).to(DEVICE)
     module._ensure_targets()
     image = module.image.detach().clone().requires_grad_(True)
     losses = list(module.loss_terms.values())
@@ -189,12 +203,14 @@ def time_texsynth(exemplar, size, evals, **options) -> tuple[float, int]:
             self.start = self.start if hasattr(self, "start") else time.perf_counter()
 
         def on_train_batch_end(self, trainer, module, *args):
+            sync()
             self.end = time.perf_counter()
 
     module = texsynth.TextureSynthesis(exemplar, seed=0, lbfgs={"max_iter": evals, "tolerance_grad": -1.0,
                                                                  "tolerance_change": -1.0}, **options)
     timer = Timer()
-    fit(module, 1, logdir=False, quiet=True, progress_bar=False, accelerator="cpu", callbacks=[timer])
+    accelerator = "gpu" if DEVICE.type == "cuda" else DEVICE.type
+    fit(module, 1, logdir=False, quiet=True, progress_bar=False, accelerator=accelerator, callbacks=[timer])
     return (timer.end - timer.start) / module.num_evals, module.num_evals
 
 
@@ -217,7 +233,10 @@ def main() -> int:
     parser.add_argument("--evals", type=int, default=6, help="evaluations per timed repetition")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--recipe", choices=("liu2016", "weight_free"), default="liu2016")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda: every row on the GPU")
     args = parser.parse_args()
+    global DEVICE
+    DEVICE = torch.device(args.device)
     # with TEXSYNTH_KEEP_FREED_MEMORY=1 texsynth's Trainer keeps freed memory for reuse
     # (texsynth.allocator); applied up front then, so every row runs under the same allocator
     keep_freed_memory_if_asked()
@@ -225,7 +244,8 @@ def main() -> int:
     source = args.exemplar
     image = load_image(source) if Path(source).exists() else load_example(source, size=args.size)
     exemplar = center_crop_resize(image, (args.size, args.size))
-    print(f"machine: {platform.machine()} {os.cpu_count()} cores, torch {torch.__version__} "
+    gpu = f", {torch.cuda.get_device_name(DEVICE)}" if DEVICE.type == "cuda" else ""
+    print(f"machine: {platform.machine()} {os.cpu_count()} cores{gpu}, torch {torch.__version__} "
           f"({torch.get_num_threads()} threads); exemplar {Path(source).name} at {args.size}x{args.size}; "
           f"recipe {args.recipe}; best of {args.repeats} x {args.evals} evaluations")
 
