@@ -25,6 +25,7 @@ from texsynth.features import FeatureExtractor
 
 KERNELS = (3, 5, 7, 11, 15, 23, 37, 55)
 METHODS = ("direct", "matmul", "fft")
+COLUMNS = {"direct": "direct", "matmul": "matmul backward", "fft": "FFT"}
 
 
 def seconds(conv, image: torch.Tensor, repeats: int) -> float:
@@ -50,23 +51,25 @@ def main() -> None:
     parser.add_argument("--filters", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
+                        help="the kernel table's columns (matmul is slow on GPUs)")
     args = parser.parse_args()
     device = torch.device(args.device)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
     print(f"# {where}, {torch.get_num_threads()} threads, torch {torch.__version__}")
     if args.kernels:
-        print("| size | kernel | direct ms | matmul backward ms | FFT ms | auto picks |")
-        print("|---|---|---|---|---|---|")
+        print("| size | kernel | " + " | ".join(f"{COLUMNS[m]} ms" for m in args.methods) + " | auto picks |")
+        print("|---|---|" + "---|" * len(args.methods) + "---|")
     for size in args.sizes if args.kernels else ():
         image = torch.rand(1, 3, size, size, device=device, requires_grad=True)
         for k in args.kernels:
             conv = freeze_module(FastConv2d(3, args.filters, k, padding=k // 2)).to(device)
             times = {}
-            for method in METHODS:
+            for method in args.methods:
                 conv.method = method
                 times[method] = seconds(conv, image, args.repeats)
             auto = auto_method(image.device, (k, k), 3)
-            print(f"| {size} | {k} | " + " | ".join(f"{times[m] * 1e3:.0f}" for m in METHODS) + f" | {auto} |",
+            print(f"| {size} | {k} | " + " | ".join(f"{times[m] * 1e3:.1f}" for m in args.methods) + f" | {auto} |",
                   flush=True)
     if args.backbones:
         print("\n| backbone | size | all direct s | auto s | speed-up |")

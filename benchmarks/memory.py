@@ -25,7 +25,7 @@ import time
 GIB = 1024**3
 
 
-def child(size: int, evals: int, options: dict, accelerator: str) -> None:
+def child(size: int, evals: int, options: dict, accelerator: str, precision: str) -> None:
     import torch
 
     import texsynth
@@ -37,7 +37,7 @@ def child(size: int, evals: int, options: dict, accelerator: str) -> None:
     gpu = accelerator != "cpu"
     before = 0 if gpu else _resident_bytes()  # PyTorch, the backbone, the exemplar: in use when the guard looks
     start = time.perf_counter()
-    fit(module, 1, logdir=False, quiet=True, progress_bar=False, accelerator=accelerator)
+    fit(module, 1, logdir=False, quiet=True, progress_bar=False, accelerator=accelerator, precision=precision)
     seconds = time.perf_counter() - start
     # ru_maxrss is in kilobytes on Linux
     peak = torch.cuda.max_memory_allocated() if gpu else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -57,19 +57,21 @@ def main() -> int:
     parser.add_argument("--evals", type=int, default=3, help="evaluations in the one L-BFGS step")
     parser.add_argument("--options", default="{}", help="JSON TextureSynthesis options")
     parser.add_argument("--accelerator", default="cpu", help="cpu, or gpu (peak of the CUDA allocator)")
+    parser.add_argument("--precision", default="32-true", help="Lightning precision, e.g. bf16-mixed")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.child, args.evals, json.loads(args.options), args.accelerator)
+        child(args.child, args.evals, json.loads(args.options), args.accelerator, args.precision)
         return 0
-    print(f"{os.cpu_count()} cores, {args.accelerator}; options {args.options}; "
+    print(f"{os.cpu_count()} cores, {args.accelerator}, {args.precision}; options {args.options}; "
           f"one L-BFGS step of {args.evals} evaluations")
     # the guard compares its estimate with the memory still available when the run starts, so
     # "growth" (peak minus the process's size before the run) is what the estimate models
     print(f"{'size':>6} {'peak GiB':>9} {'growth GiB':>11} {'estimate GiB':>13} {'history':>8} {'s/eval':>7}")
     for size in (int(s) for s in args.sizes.split(",")):
         done = subprocess.run([sys.executable, __file__, "--child", str(size), "--evals", str(args.evals),
-                               "--options", args.options, "--accelerator", args.accelerator],
+                               "--options", args.options, "--accelerator", args.accelerator,
+                               "--precision", args.precision],
                               capture_output=True, text=True)
         if done.returncode != 0:
             print(f"{size:>6} failed: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode}")

@@ -9,9 +9,12 @@ and the best kept (the median alongside):
   (``--precision bf16-mixed``);
 - ``matmul-medium``: float32 tensors, matrix products rounded to bfloat16 inside the kernels
   (``--matmul-precision medium``; TF32 at ``high`` on CUDA);
-- ``channels-last`` and ``compile`` (not run unless named in ``--settings``): the backbone's
-  weights and the image in ``torch.channels_last`` memory format; the whole evaluation under
-  ``torch.compile`` (the compiling time is printed separately).
+- ``channels-last``, ``cudnn-benchmark`` and ``compile`` (not run unless named in
+  ``--settings``): the backbone's weights and the image in ``torch.channels_last`` memory
+  format; cuDNN timing its convolution algorithms for these shapes and keeping the fastest
+  (``torch.backends.cudnn.benchmark``, Lightning's ``Trainer(benchmark=True)``); the whole
+  evaluation under ``torch.compile`` (the compiling time is printed separately).
+  Settings join with ``+``: ``bf16-mixed+cudnn-benchmark``.
 
 Accuracy: the loss and its gradient at the same image, relative to ``fp32`` (a line search
 needs losses that differ by more than this near convergence). ``--device cuda`` measures a
@@ -39,20 +42,44 @@ import texsynth
 from texsynth.callbacks import MatmulPrecision
 from texsynth.examples import load_example
 
-SETTINGS = ("fp32", "bf16-mixed", "matmul-medium", "channels-last", "compile")
+SETTINGS = ("fp32", "bf16-mixed", "matmul-medium", "channels-last", "cudnn-benchmark", "compile")
 DEFAULT_SETTINGS = SETTINGS[:3]  # compiling the weight-free backbone took over 10 min on a 2-core CPU
 RECIPES = {"weight_free": {"preset": "weight_free"},
            "vgg19": {"preset": "vgg19", "weights": "random"}}
 
 
 def setting_context(setting: str, module: torch.nn.Module, device: torch.device) -> contextlib.AbstractContextManager:
+    if "+" in setting:
+        stack = contextlib.ExitStack()
+        for part in setting.split("+"):
+            stack.enter_context(setting_context(part, module, device))
+        return stack
     if setting == "bf16-mixed":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     if setting == "matmul-medium":
         return _matmul_precision("medium")
     if setting == "channels-last":
         return _channels_last(module)
+    if setting == "cudnn-benchmark":
+        return _cudnn_benchmark()
     return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _cudnn_benchmark():
+    previous = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = previous
+
+
+def setting_name(value: str) -> str:
+    """``--settings`` entry: one of SETTINGS, or several joined with ``+``."""
+    if not value or any(part not in SETTINGS for part in value.split("+")):
+        raise argparse.ArgumentTypeError(f"{value!r}: settings are {', '.join(SETTINGS)}, joined with '+'")
+    return value
 
 
 @contextlib.contextmanager
@@ -77,11 +104,11 @@ def _channels_last(module: torch.nn.Module):
 
 def total_function(setting: str, module: texsynth.TextureSynthesis) -> Callable[[torch.Tensor], torch.Tensor]:
     def total(image: torch.Tensor) -> torch.Tensor:
-        if setting == "channels-last":
+        if "channels-last" in setting.split("+"):
             image = image.contiguous(memory_format=torch.channels_last)
         return module.compute_losses(image)["total"]
 
-    return torch.compile(total) if setting == "compile" else total
+    return torch.compile(total) if "compile" in setting.split("+") else total
 
 
 def evaluation(total: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor) -> tuple[float, torch.Tensor]:
@@ -101,7 +128,8 @@ def main() -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--sizes", type=int, nargs="+", default=[256])
     parser.add_argument("--recipes", nargs="+", choices=list(RECIPES), default=["weight_free"])
-    parser.add_argument("--settings", nargs="+", choices=SETTINGS, default=list(DEFAULT_SETTINGS))
+    parser.add_argument("--settings", nargs="+", type=setting_name, default=list(DEFAULT_SETTINGS),
+                        help=f"any of {', '.join(SETTINGS)}, or several joined with '+'")
     parser.add_argument("--evals", type=int, default=3, help="evaluations per timed repetition")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
@@ -125,7 +153,7 @@ def main() -> int:
                 with setting_context(setting, module, device):
                     loss, grad = evaluation(totals[setting], image)
                 reference[setting] = (loss, grad.detach().clone())
-                if setting == "compile":
+                if "compile" in setting.split("+"):
                     print(f"# {recipe} {size}: compiling and the first evaluation took "
                           f"{time.perf_counter() - start:.1f} s", flush=True)
             for repeat in range(args.repeats):

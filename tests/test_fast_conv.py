@@ -72,12 +72,14 @@ def test_trainable_weights_and_half_precision_take_the_direct_path():
     assert conv.resolved_method(torch.rand(1, 3, 8, 8).bfloat16()) == "direct"
 
 
-def test_auto_method_follows_the_measured_cpu_crossovers():
-    cpu = torch.device("cpu")
+def test_auto_method_follows_the_measured_crossovers():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert auto_method(cpu, (3, 3), 3) == "matmul"
     assert auto_method(cpu, (55, 55), 3) == "fft"
     assert auto_method(cpu, (3, 3), 64) == "direct"  # many input channels: the library's kernels
-    assert auto_method(torch.device("cuda"), (55, 55), 3) == "direct"  # not measured on GPUs
+    assert auto_method(cuda, (55, 55), 3) == "fft"
+    assert auto_method(cuda, (3, 3), 3) == "direct"  # cuDNN beats the matrix-product backward on GPUs
+    assert auto_method(torch.device("mps"), (55, 55), 3) == "direct"  # not measured
 
 
 def test_bad_settings_are_refused_by_name():

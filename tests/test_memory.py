@@ -39,7 +39,7 @@ def test_refuses_before_running_when_memory_is_short(exemplar, monkeypatch):
     module = TextureSynthesis(exemplar, **TINY_BACKBONE, size=64, seed=0)
     monkeypatch.setattr("texsynth.memory.available_bytes", lambda device: 1024**2)
     with pytest.raises(InvalidArgumentError, match=r"64x64 \(x1\) needs about .* GiB on cpu, but only 0.0 GiB"):
-        fit(module, 2, logdir=False, progress_bar=False, quiet=True)
+        fit(module, 2, logdir=False, progress_bar=False, quiet=True, accelerator="cpu")
     assert module.num_evals == 0
 
 

@@ -1,7 +1,10 @@
 """Lightning callbacks of texsynth: images in TensorBoard, stopping when the loss stalls or
-before the output becomes a copy, float32 matrix products at a chosen internal precision."""
+before the output becomes a copy, float32 matrix products at a chosen internal precision,
+deterministic kernels on GPUs."""
 
 from __future__ import annotations
+
+import os
 
 import lightning as L
 import torch
@@ -10,6 +13,9 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from texsynth._logging import log
 from texsynth.errors import InvalidArgumentError
 from texsynth.metrics.functional import copy_score
+
+#: cuBLAS reads its workspace layout from this variable; deterministic products need one set
+CUBLAS_WORKSPACE_CONFIG = "CUBLAS_WORKSPACE_CONFIG"
 
 
 def require_open_fraction(value: object, requirement: str) -> None:
@@ -223,3 +229,53 @@ class MatmulPrecision(L.Callback):
             torch.backends.mkldnn.matmul.fp32_precision = self._previous[1]
             torch.backends.cuda.matmul.fp32_precision = self._previous[2]
         self._previous = None
+
+
+class DeterministicOnGPU(L.Callback):
+    """Same seed, same image on a GPU: deterministic kernels for the run, restored after.
+
+    On a CUDA device, cuDNN's and PyTorch's fastest kernels may add in a varying order; L-BFGS
+    amplifies the last-bit differences (two same-seed runs on an H100 differed by up to 0.5 per
+    pixel after 3 steps). Deterministic kernels made them bit-identical at no measured cost
+    (benchmarks/README.md, GPU). Unlike ``Trainer(deterministic=True)`` the setting is
+    process-wide only while the run lasts, warns rather than fails for an operation that has
+    no deterministic kernel (a third-party loss), and does not fill new tensors with NaN. The
+    CPU kernels used here are deterministic already, so nothing changes there.
+    """
+
+    def __init__(self) -> None:
+        self._previous: dict | None = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if trainer.strategy.root_device.type != "cuda" or self._previous is not None:
+            return
+        self._previous = {
+            "algorithms": torch.are_deterministic_algorithms_enabled(),
+            "warn_only": torch.is_deterministic_algorithms_warn_only_enabled(),
+            "fill": torch.utils.deterministic.fill_uninitialized_memory,
+            "cudnn": torch.backends.cudnn.deterministic,
+            "benchmark": torch.backends.cudnn.benchmark,
+            "cublas": os.environ.get(CUBLAS_WORKSPACE_CONFIG),
+        }
+        os.environ.setdefault(CUBLAS_WORKSPACE_CONFIG, ":4096:8")  # what cuBLAS needs to be deterministic
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.utils.deterministic.fill_uninitialized_memory = False
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._restore()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._restore()
+
+    def _restore(self) -> None:
+        if self._previous is None:
+            return
+        previous, self._previous = self._previous, None
+        torch.use_deterministic_algorithms(previous["algorithms"], warn_only=previous["warn_only"])
+        torch.utils.deterministic.fill_uninitialized_memory = previous["fill"]
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = previous["cudnn"], previous["benchmark"]
+        if previous["cublas"] is None:
+            os.environ.pop(CUBLAS_WORKSPACE_CONFIG, None)
+        else:
+            os.environ[CUBLAS_WORKSPACE_CONFIG] = previous["cublas"]

@@ -14,7 +14,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from texsynth.allocator import keep_freed_memory_if_asked
-from texsynth.callbacks import MatmulPrecision, TensorBoardImages
+from texsynth.callbacks import DeterministicOnGPU, MatmulPrecision, TensorBoardImages
 from texsynth.checkpointing import AtomicCheckpointIO
 from texsynth.errors import InvalidArgumentError
 
@@ -42,6 +42,7 @@ def make_trainer(
     devices: int | str | Sequence[int] = 1,
     precision: str | int | None = "32-true",
     matmul_precision: str | None = None,
+    deterministic_on_gpu: bool = True,
     progress_bar: bool = True,
     log_images_every: int = 10,
     callbacks: Sequence[L.Callback] = (),
@@ -53,13 +54,16 @@ def make_trainer(
     float32 matrix products during the run, until a step stalls on the rounding
     (:class:`~texsynth.callbacks.MatmulPrecision`). With ``TEXSYNTH_KEEP_FREED_MEMORY=1``,
     glibc keeps freed memory for reuse (:mod:`texsynth.allocator`: up to 1.7x cheaper CPU
-    evaluations, more peak memory).
+    evaluations, more peak memory). ``deterministic_on_gpu`` (the default) makes a run on a
+    GPU reproducible bit for bit (:class:`~texsynth.callbacks.DeterministicOnGPU`).
     """
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise InvalidArgumentError(f"steps must be a positive integer, got {steps!r}")
     keep_freed_memory_if_asked()
     logger: TensorBoardLogger | bool = False
     extra: list[L.Callback] = [] if matmul_precision is None else [MatmulPrecision(matmul_precision)]
+    if deterministic_on_gpu:
+        extra.append(DeterministicOnGPU())
     if logdir:
         logger = TensorBoardLogger(save_dir=str(Path(logdir)), name=run_name, default_hp_metric=False)
         extra.append(TensorBoardImages(log_images_every))
