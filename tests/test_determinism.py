@@ -5,13 +5,16 @@ from __future__ import annotations
 import os
 from types import SimpleNamespace
 
+import lightning as L
 import pytest
 import torch
+import yaml
 
 from conftest import TINY_BACKBONE
-from texsynth import TextureSynthesis
+from texsynth import TextureSynthesis, synthesize
 from texsynth.api import fit
 from texsynth.callbacks import CUBLAS_WORKSPACE_CONFIG, DeterministicOnGPU
+from texsynth.cli import main
 from texsynth.trainer import make_trainer
 
 
@@ -78,3 +81,38 @@ def test_same_seed_same_image_on_a_gpu(exemplar):
         fit(module, 3, logdir=False, progress_bar=False, quiet=True, accelerator="gpu")
         images.append(module.output())
     assert torch.equal(images[0], images[1])
+
+
+class RecordDeterminism(L.Callback):
+    def __init__(self) -> None:
+        self.seen: list[bool] = []
+
+    def on_train_batch_start(self, trainer, *args) -> None:
+        self.seen.append(any(isinstance(c, DeterministicOnGPU) for c in trainer.callbacks))
+
+
+@pytest.mark.parametrize("option, expected", [({}, True), ({"deterministic_on_gpu": False}, False)])
+def test_synthesize_passes_the_choice_to_the_trainer(exemplar, option, expected):
+    recorder = RecordDeterminism()
+    synthesize(exemplar, **TINY_BACKBONE, steps=1, lbfgs={"max_iter": 2}, accelerator="cpu", callbacks=[recorder],
+               **option)
+    assert recorder.seen == [expected]
+
+
+def test_cli_opt_out_is_used_recorded_and_read_back_from_the_config(tmp_path, monkeypatch):
+    seen: list[bool] = []
+
+    def recording_make_trainer(*args, **kwargs):
+        seen.append(kwargs["deterministic_on_gpu"])
+        return make_trainer(*args, **kwargs)
+
+    monkeypatch.setattr("texsynth.api.make_trainer", recording_make_trainer)
+    args = ["synthesize", "weave", "--exemplar-size", "32", "--steps", "1", "--max-iter", "2",
+            "--backbone", "random_pyramid", "--no-log", "--no-progress"]
+    assert main([*args, "-o", str(tmp_path / "default.png")]) == 0
+    assert main([*args, "-o", str(tmp_path / "fast.png"), "--nondeterministic-gpu"]) == 0
+    config = tmp_path / "fast.texsynth.yaml"
+    assert yaml.safe_load((tmp_path / "default.texsynth.yaml").read_text())["deterministic_on_gpu"] is True
+    assert yaml.safe_load(config.read_text())["deterministic_on_gpu"] is False
+    assert main(["synthesize", "--config", str(config), "-o", str(tmp_path / "again.png")]) == 0
+    assert seen == [True, False, False]
