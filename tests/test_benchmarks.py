@@ -116,3 +116,10 @@ def test_quality_table_names_a_malformed_run():
     done = subprocess.run([sys.executable, str(BENCHMARKS / "quality_table.py"), "sigmoid"], capture_output=True,
                           text=True)
     assert done.returncode == 2 and "expected LABEL=FILE" in done.stderr
+
+
+def test_determinism_compares_two_same_seed_runs_per_setting():
+    out = _run("determinism.py", "--sizes", "32", "--recipes", "weight_free", "--steps", "1")
+    rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| weight_free | 32 |")]
+    assert [row[2].strip() for row in rows] == ["off", "on"]
+    assert all(row[3].strip() == "True" for row in rows)  # CPU kernels are deterministic either way

@@ -146,7 +146,7 @@ def synthesize(
     (:class:`~texsynth.callbacks.StopBeforeCopying`). TensorBoard logging is off unless
     ``logdir`` is given. ``seconds`` in the result counts every stage. On a GPU the run uses
     deterministic kernels, so a seed gives the same image every time;
-    ``deterministic_on_gpu=False`` trades that for up to 1.5x cheaper evaluations
+    ``deterministic_on_gpu=False`` trades that for up to 1.8x cheaper evaluations
     (:class:`~texsynth.callbacks.DeterministicOnGPU`).
     """
     callbacks = [*callbacks, *stopping_callbacks(stop_when_stalled, max_copy_score)]

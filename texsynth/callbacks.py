@@ -236,7 +236,7 @@ class DeterministicOnGPU(L.Callback):
 
     On a CUDA device, cuDNN's and PyTorch's fastest kernels may add in a varying order; L-BFGS
     amplifies the last-bit differences (two same-seed runs on an H100 differed by up to 0.5 per
-    pixel after 3 steps). Deterministic kernels made them bit-identical, at up to 1.5x the
+    pixel after 3 steps). Deterministic kernels made them bit-identical, at up to 1.8x the
     cost of an evaluation at 256-512 pixels and none measured at 1024 or with VGG19
     (benchmarks/README.md, "On a GPU"). Unlike ``Trainer(deterministic=True)`` the setting is
     process-wide only while the run lasts, warns rather than fails for an operation that has

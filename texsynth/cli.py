@@ -117,7 +117,7 @@ def _add_synthesis_options(command: argparse.ArgumentParser) -> None:
                               "on CPUs with AMX/AVX-512 BF16 (faster Gram matrices), TF32 on CUDA; back to "
                               "'highest' once a step stalls on the rounding")
     command.add_argument("--nondeterministic-gpu", dest="deterministic_on_gpu", action="store_false",
-                         help="on a GPU, allow kernels that add in a varying order: up to 1.5x cheaper "
+                         help="on a GPU, allow kernels that add in a varying order: up to 1.8x cheaper "
                               "evaluations, but the same seed no longer gives the same image")
     command.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
                          help="import a module or .py file first (registers user losses/backbones)")
