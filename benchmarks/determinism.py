@@ -25,13 +25,11 @@ from texsynth.losses.registry import list_losses
 RECIPES = {
     "weight_free": {"preset": "weight_free"},
     "vgg19": {"preset": "vgg19", "weights": "random"},
-    "every loss": {"preset": "weight_free", "losses": "ALL"},
+    "every loss": {"preset": "weight_free", "losses": {name: 1.0 for name in list_losses()}},
 }
 
 
 def run(options: dict, size: int, steps: int, accelerator: str, deterministic: bool) -> tuple[torch.Tensor, float]:
-    if options.get("losses") == "ALL":
-        options = {**options, "losses": {name: 1.0 for name in list_losses()}}
     module = texsynth.TextureSynthesis(load_example("bricks", size=size), seed=3, **options)
     start = time.perf_counter()
     fit(module, steps, logdir=False, progress_bar=False, quiet=True, accelerator=accelerator,

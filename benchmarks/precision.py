@@ -51,7 +51,7 @@ RECIPES = {"weight_free": {"preset": "weight_free"},
 def setting_context(setting: str, module: torch.nn.Module, device: torch.device) -> contextlib.AbstractContextManager:
     if "+" in setting:
         stack = contextlib.ExitStack()
-        for part in setting.split("+"):
+        for part in parts(setting):
             stack.enter_context(setting_context(part, module, device))
         return stack
     if setting == "bf16-mixed":
@@ -75,9 +75,14 @@ def _cudnn_benchmark():
         torch.backends.cudnn.benchmark = previous
 
 
+def parts(setting: str) -> list[str]:
+    """The settings a ``+``-joined ``--settings`` entry combines."""
+    return setting.split("+")
+
+
 def setting_name(value: str) -> str:
     """``--settings`` entry: one of SETTINGS, or several joined with ``+``."""
-    if not value or any(part not in SETTINGS for part in value.split("+")):
+    if not value or any(part not in SETTINGS for part in parts(value)):
         raise argparse.ArgumentTypeError(f"{value!r}: settings are {', '.join(SETTINGS)}, joined with '+'")
     return value
 
@@ -104,11 +109,11 @@ def _channels_last(module: torch.nn.Module):
 
 def total_function(setting: str, module: texsynth.TextureSynthesis) -> Callable[[torch.Tensor], torch.Tensor]:
     def total(image: torch.Tensor) -> torch.Tensor:
-        if "channels-last" in setting.split("+"):
+        if "channels-last" in parts(setting):
             image = image.contiguous(memory_format=torch.channels_last)
         return module.compute_losses(image)["total"]
 
-    return torch.compile(total) if "compile" in setting.split("+") else total
+    return torch.compile(total) if "compile" in parts(setting) else total
 
 
 def evaluation(total: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor) -> tuple[float, torch.Tensor]:
@@ -153,7 +158,7 @@ def main() -> int:
                 with setting_context(setting, module, device):
                     loss, grad = evaluation(totals[setting], image)
                 reference[setting] = (loss, grad.detach().clone())
-                if "compile" in setting.split("+"):
+                if "compile" in parts(setting):
                     print(f"# {recipe} {size}: compiling and the first evaluation took "
                           f"{time.perf_counter() - start:.1f} s", flush=True)
             for repeat in range(args.repeats):
