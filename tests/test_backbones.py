@@ -187,3 +187,34 @@ def test_unknown_backbone_option_is_reported():
 
     with pytest.raises(InvalidArgumentError, match="backbone 'random_multiscale'"):
         TextureSynthesis(torch.rand(3, 16, 16), backbone="random_multiscale", backbone_options={"bogus": 1})
+
+
+def _measured_receptive_field(backbone, layer: str, size: int) -> int:
+    """Width of the input region that one central feature of ``layer`` depends on (by its gradient)."""
+    module = dict(backbone.named_modules())[layer]
+    captured = {}
+    handle = module.register_forward_hook(lambda _m, _i, output: captured.setdefault("out", output))
+    image = torch.rand(1, 3, size, size, dtype=torch.float64, generator=torch.Generator().manual_seed(0),
+                       requires_grad=True)
+    try:
+        backbone.double()(image)
+    finally:
+        handle.remove()
+    out = captured["out"]
+    out[..., out.shape[-2] // 2, out.shape[-1] // 2].sum().backward()
+    rows = image.grad.abs().sum(dim=(0, 1, 3)).nonzero()
+    return int(rows.max() - rows.min() + 1)
+
+
+@pytest.mark.parametrize(("name", "options", "layers", "size"), [
+    ("random_pyramid", {"filters": 8}, ("level0", "level0.k7", "level1", "level2"), 96),
+    ("random_multiscale", {"kernel_sizes": (3, 7), "filters": 8}, ("relu3", "relu7", "stack"), 32),
+    ("vgg19", {"weights": "random"}, ("relu1_1", "pool1", "conv2_1", "pool2", "pool3"), 96),
+])
+def test_receptive_fields_are_the_input_windows_features_depend_on(name, options, layers, size):
+    from texsynth.backbones import create_backbone
+
+    backbone = create_backbone(name, **options)
+    for layer in layers:
+        assert backbone.receptive_field(layer) == _measured_receptive_field(backbone, layer, size), layer
+    assert backbone.receptive_field("no_such_layer") is None

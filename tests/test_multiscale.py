@@ -143,11 +143,97 @@ def test_the_cli_takes_and_records_coarse_steps(exemplar, tmp_path, capsys):
     assert "--coarse-steps must be" in capsys.readouterr().err
 
 
-def test_batch_refuses_bad_coarse_steps_before_starting(exemplar, tmp_path):
+def test_batch_refuses_bad_coarse_settings_before_starting(exemplar, tmp_path):
     from texsynth import batch
     from texsynth.image_io import save_image
 
     save_image(exemplar[0], tmp_path / "src" / "a.png")
     with pytest.raises(InvalidArgumentError, match="coarse steps must be a positive integer, got 0"):
         batch(tmp_path / "src", tmp_path / "out", coarse_levels=1, coarse_steps=0, **TINY_BACKBONE)
+    with pytest.raises(InvalidArgumentError, match="coarse layers must be one of all, matched"):
+        batch(tmp_path / "src", tmp_path / "out", coarse_levels=1, coarse_layers="deep", **TINY_BACKBONE)
     assert not (tmp_path / "out").exists()
+
+
+PYRAMID = {"backbone": "random_pyramid", "backbone_options": {"filters": 4},
+           "losses": {"gram": {"relative": True, "layer_weights": {"level0": 2.0, "level1": 3.0, "level2": 5.0}}}}
+
+
+def _stage_layers(module, levels, layers, options):
+    seen = []
+    coarse_to_fine_start(module, levels, 1, lambda stage, steps: seen.append(
+        (stage.output_size, dict(stage.loss_terms["gram"].layer_weights), sorted(stage.loss_terms))), options,
+        layers=layers)
+    return seen
+
+
+def test_matched_coarse_stages_keep_the_layers_whose_window_the_full_size_has(exemplar):
+    module = TextureSynthesis(exemplar, size=64, seed=0, **PYRAMID)
+    # receptive fields 11, 25, 53 pixels: at 1/2 the deepest sees 106 output pixels, more than the full size's 53
+    assert _stage_layers(module, 2, "matched", dict(PYRAMID)) == [
+        ((16, 16), {"level0": 2.0}, ["chroma_spectrum", "gram", "spectrum"]),
+        ((32, 32), {"level0": 2.0, "level1": 3.0}, ["chroma_spectrum", "gram", "spectrum"]),
+    ]
+    assert _stage_layers(module, 1, "all", dict(PYRAMID)) == [
+        ((32, 32), {"level0": 2.0, "level1": 3.0, "level2": 5.0}, ["chroma_spectrum", "gram", "spectrum"]),
+    ]
+    # a loss on one scale only keeps it (its finest layers) rather than dropping out
+    single = {**PYRAMID, "losses": {"gram": {"relative": True, "layers": ["level1"]}}}
+    module = TextureSynthesis(exemplar, size=64, seed=0, **single)
+    assert [weights for _, weights, _ in _stage_layers(module, 1, "matched", single)] == [{"level1": 1.0}]
+
+
+def test_matched_coarse_stages_keep_every_layer_when_the_windows_are_unknown(exemplar, caplog):
+    import logging
+
+    from texsynth.losses import GramLoss
+
+    options = {**PYRAMID, "losses": [GramLoss(relative=True)]}  # an object: no options to rebuild it from
+    module = TextureSynthesis(exemplar, size=64, seed=0, **options)
+    logger = logging.getLogger("texsynth")
+    logger.addHandler(caplog.handler)
+    try:
+        seen = _stage_layers(module, 1, "matched", options)
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert list(seen[0][1]) == ["level0", "level1", "level2"]
+    assert "the 1/2 stage keeps every layer" in caplog.text
+
+
+def test_coarse_layers_come_from_the_preset_unless_given_and_bad_values_are_refused(exemplar, monkeypatch, tmp_path,
+                                                                                   capsys):
+    import texsynth.api as api
+    from texsynth.presets import PRESETS, Preset, register_preset
+
+    chosen = []
+    real = api.coarse_to_fine_start
+    monkeypatch.setattr(api, "coarse_to_fine_start",
+                        lambda *args, layers, **kw: chosen.append(layers) or real(*args, layers=layers, **kw))
+    register_preset(Preset(name="tiny_matched", description="test", backbone="random_pyramid",
+                           backbone_options={"filters": 4}, losses={"gram": {"relative": True}},
+                           coarse_levels=1, coarse_steps=1, coarse_layers="matched"))
+    try:
+        for given in (None, "all"):
+            synthesize(exemplar, steps=1, size=64, seed=0, preset="tiny_matched", coarse_layers=given,
+                       accelerator="cpu", lbfgs={"max_iter": 2})
+    finally:
+        PRESETS.remove("tiny_matched")
+    assert chosen == ["matched", "all"]
+    with pytest.raises(InvalidArgumentError, match="coarse layers must be one of all, matched, got 'deep'"):
+        synthesize(exemplar, steps=1, size=32, seed=0, coarse_levels=1, coarse_layers="deep", **TINY_BACKBONE)
+    with pytest.raises(InvalidArgumentError, match="coarse layers must be one of all, matched, got 'deep'"):
+        Preset(name="bad", description="", backbone="vgg19", coarse_layers="deep")
+
+    from texsynth.cli import main
+    from texsynth.config import read_config
+    from texsynth.image_io import save_image
+
+    save_image(exemplar[0], tmp_path / "ex.png")
+    out = tmp_path / "out.png"
+    assert main(["synthesize", str(tmp_path / "ex.png"), "-o", str(out), "--backbone", "random_pyramid",
+                 "--size", "48", "--steps", "1", "--max-iter", "2", "--coarse-levels", "1", "--coarse-steps", "1",
+                 "--coarse-layers", "matched", "--no-log", "--no-progress", "--seed", "0"]) == 0
+    assert read_config(tmp_path / "out.texsynth.yaml")["coarse_layers"] == "matched"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["synthesize", str(tmp_path / "ex.png"), "-o", str(out), "--coarse-layers", "deep"])
+    assert exit_info.value.code == 2 and "invalid choice: 'deep'" in capsys.readouterr().err

@@ -18,7 +18,7 @@ from texsynth.checkpointing import SaveAndInterrupt
 from texsynth.errors import CheckpointError, InvalidArgumentError
 from texsynth.image_io import ImageSource, save_image, to_pil
 from texsynth.module import TextureSynthesis
-from texsynth.multiscale import coarse_to_fine_start, require_coarse_steps
+from texsynth.multiscale import coarse_to_fine_start, require_coarse_layers, require_coarse_steps
 from texsynth.presets import DEFAULT_STEPS
 from texsynth.trainer import DEFAULT_LOGDIR, make_trainer
 
@@ -126,6 +126,7 @@ def synthesize(
     resume: str | os.PathLike | None = None,
     coarse_levels: int | None = None,
     coarse_steps: int | None = None,
+    coarse_layers: str | None = None,
     stop_when_stalled: float | None = None,
     max_copy_score: float | None = None,
     callbacks: Sequence[Any] = (),
@@ -136,8 +137,9 @@ def synthesize(
     ``steps`` counts L-BFGS steps (each up to ``max_iter`` evaluations); with ``resume`` (a
     checkpoint of the same settings) it is the total the resumed run continues to.
     ``coarse_levels`` coarser stages (1/2^k of the size, ``coarse_steps`` steps each, else
-    ``steps``) run first and start the full-size optimization (:mod:`texsynth.multiscale`);
-    both default to the preset's.
+    ``steps``) run first and start the full-size optimization (:mod:`texsynth.multiscale`),
+    matching every layer or, with ``coarse_layers="matched"``, only those whose receptive field
+    the full size has; all three default to the preset's.
     Other keyword options go to :class:`TextureSynthesis` (``exemplar_size``, ``init``,
     ``lbfgs``, …). ``stop_when_stalled=f`` ends the full-size run early once the loss
     improves by less than the fraction ``f`` per step for two steps in a row
@@ -151,6 +153,7 @@ def synthesize(
     """
     callbacks = [*callbacks, *stopping_callbacks(stop_when_stalled, max_copy_score)]
     require_coarse_steps(coarse_steps)
+    require_coarse_layers(coarse_layers)
     recipe_options = dict(backbone=backbone, weights=weights, losses=losses, preset=preset, **module_options)
     module = TextureSynthesis(exemplar, size=size, seed=seed, **recipe_options)
     levels = module.preset.coarse_levels if coarse_levels is None else coarse_levels
@@ -165,7 +168,8 @@ def synthesize(
             nonlocal coarse_seconds
             coarse_seconds += fit(stage, stage_steps, logdir=False, **trainer_options)[0]
 
-        coarse_to_fine_start(module, levels, steps_per_stage, run_stage, recipe_options)
+        coarse_to_fine_start(module, levels, steps_per_stage, run_stage, recipe_options,
+                             layers=coarse_layers or module.preset.coarse_layers)
     seconds, log_dir = fit(
         module, steps, logdir=logdir, log_images_every=log_images_every,
         checkpoint=checkpoint, checkpoint_every=checkpoint_every, image_path=image_path, resume=resume,

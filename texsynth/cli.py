@@ -17,6 +17,7 @@ from pathlib import Path
 
 from texsynth.callbacks import MATMUL_PRECISIONS, require_open_fraction
 from texsynth.errors import InvalidArgumentError, TexsynthError
+from texsynth.multiscale import COARSE_LAYERS
 from texsynth.presets import DEFAULT_STEPS
 
 EXIT_USER_ERROR = 2
@@ -100,6 +101,9 @@ def _add_synthesis_options(command: argparse.ArgumentParser) -> None:
                          help="coarse-to-fine: K smaller stages (1/2^K … 1/2 of the size) first (default: the preset's)")
     command.add_argument("--coarse-steps", type=int, metavar="N",
                          help="L-BFGS steps of each coarse stage (default: the preset's, else --steps)")
+    command.add_argument("--coarse-layers", choices=COARSE_LAYERS,
+                         help="layers the coarse stages match: all, or matched (only those whose receptive "
+                              "field, scaled to the output, the full size has; default: the preset's)")
     command.add_argument("--stop-when-stalled", type=float, metavar="FRACTION",
                          help="stop before --steps once the loss improves by less than FRACTION per step, "
                               "two steps in a row (e.g. 0.01)")
@@ -192,6 +196,7 @@ def _recipe_options(args: argparse.Namespace) -> dict[str, object]:
         "lbfgs": lbfgs or None,
         "coarse_levels": args.coarse_levels,
         "coarse_steps": args.coarse_steps,
+        "coarse_layers": args.coarse_layers,
         "stop_when_stalled": args.stop_when_stalled,
         "matmul_precision": args.matmul_precision,
         "max_copy_score": args.max_copy_score,
@@ -237,6 +242,7 @@ def _synthesize(args: argparse.Namespace) -> int:
     config["imports"] = list(args.imports)
     config["coarse_levels"] = module.preset.coarse_levels if args.coarse_levels is None else args.coarse_levels
     config["coarse_steps"] = module.preset.coarse_steps if args.coarse_steps is None else args.coarse_steps
+    config["coarse_layers"] = args.coarse_layers or module.preset.coarse_layers
     config["stop_when_stalled"] = args.stop_when_stalled
     config["matmul_precision"] = args.matmul_precision
     config["max_copy_score"] = args.max_copy_score

@@ -6,6 +6,14 @@ starting from the previous (coarser) stage's result upsampled. The large-scale l
 settled where evaluations cost 4^k times less, and the full-size optimization starts from an
 image whose statistics are already nearly right. Any recipe works: each stage is an ordinary
 :class:`~texsynth.TextureSynthesis` with the same backbone, losses and settings.
+
+Which layers a stage matches (``layers``): ``"all"`` keeps every layer of the full size. A
+layer at 1/2^k of the size sees a window 2^k times wider in output pixels, so the deepest
+layers then constrain structure larger than anything the full size constrains, and a stage run
+long enough settles (copies) the exemplar's layout. ``"matched"`` keeps only the layers whose
+window, so scaled, is no wider than the widest the full size uses (the backbone's
+``receptive_field``): the stage forms the full size's large structure at a quarter of the cost
+without adding larger-scale constraints (benchmarks/README.md, "Matched coarse stages").
 """
 
 from __future__ import annotations
@@ -17,7 +25,13 @@ import torch
 import torch.nn.functional as F
 
 from texsynth._logging import log
+from texsynth.backbones.base import Backbone
 from texsynth.errors import InvalidArgumentError
+from texsynth.losses.layered import LayeredLoss
+
+#: what the coarse stages match: every layer of the full size, or the layers whose window,
+#: scaled to the output, the full size has
+COARSE_LAYERS = ("all", "matched")
 
 
 def require_coarse_steps(value: Any) -> None:
@@ -26,23 +40,58 @@ def require_coarse_steps(value: Any) -> None:
         raise InvalidArgumentError(f"coarse steps must be a positive integer, got {value!r}")
 
 
+def require_coarse_layers(value: Any) -> None:
+    if value is not None and value not in COARSE_LAYERS:
+        raise InvalidArgumentError(f"coarse layers must be one of {', '.join(COARSE_LAYERS)}, got {value!r}")
+
+
+def matched_losses(module: Any, factor: int) -> list[tuple[str, dict[str, Any]]] | None:
+    """``module``'s losses for a stage at 1/``factor`` of its size, layers matched to the full size.
+
+    Each layered loss keeps the layers whose receptive field times ``factor`` is no wider than
+    its widest layer's (at least its finest ones). None when that cannot be decided: a loss
+    passed as an object, or a backbone that does not know its receptive fields.
+    """
+    backbone = module.backbone
+    specs = []
+    for loss in module.loss_terms.values():
+        spec = getattr(loss, "spec", None)
+        if spec is None:
+            return None
+        name, options = spec[0], dict(spec[1])
+        if isinstance(loss, LayeredLoss):
+            fields = [backbone.receptive_field(layer) if isinstance(backbone, Backbone) else None
+                      for layer in loss.layers]
+            if any(field is None for field in fields):
+                return None
+            kept = [layer for layer, field in zip(loss.layers, fields) if field * factor <= max(fields)]
+            kept = kept or [layer for layer, field in zip(loss.layers, fields) if field == min(fields)]
+            options["layers"] = kept
+            options["layer_weights"] = {layer: loss.layer_weights[layer] for layer in kept}
+        specs.append((name, options))
+    return specs
+
+
 def coarse_to_fine_start(
     module: Any,
     levels: int,
     steps: int,
     run: Callable[[Any, int], None],
     module_options: dict[str, Any],
+    layers: str = "all",
 ) -> list[Any]:
     """Run ``levels`` coarser stages for ``module`` and start it from their result.
 
     ``run(stage, steps)`` fits one stage (the caller's Trainer settings); ``module_options``
-    are the keyword options ``module`` was built with. Stages too small for the backbone are
-    skipped. Returns the stage modules, coarsest first.
+    are the keyword options ``module`` was built with; ``layers`` is one of
+    :data:`COARSE_LAYERS` (module docstring). Stages too small for the backbone are skipped.
+    Returns the stage modules, coarsest first.
     """
     from texsynth.module import TextureSynthesis
 
     if not isinstance(levels, int) or isinstance(levels, bool) or levels < 0:
         raise InvalidArgumentError(f"coarse levels must be a non-negative integer, got {levels!r}")
+    require_coarse_layers(layers)
     options = {k: v for k, v in module_options.items() if k not in ("size", "exemplar_size", "init", "seed")}
     options["preset"] = module.preset  # resolved once (and reported once)
     height, width = module.output_size
@@ -55,9 +104,17 @@ def coarse_to_fine_start(
         ex_size = (max(1, round(ex_h / factor)), max(1, round(ex_w / factor)))
         exemplar = F.interpolate(module.exemplar.cpu(), size=ex_size, mode="bicubic", antialias=True,
                                  align_corners=False).clamp(0, 1)
+        stage_options = dict(options)
+        if layers == "matched":
+            losses = matched_losses(module, factor)
+            if losses is None:
+                log.info("coarse-to-fine: the backbone's receptive fields or a loss's options are unknown; "
+                         "the 1/%d stage keeps every layer", factor)
+            else:
+                stage_options["losses"] = losses
         try:
             stage = TextureSynthesis(exemplar, size=size, exemplar_size=ex_size, seed=module.seed,
-                                     init=module.init_kind, **options)
+                                     init=module.init_kind, **stage_options)
         except InvalidArgumentError as error:
             if "too small" not in str(error):
                 raise

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from texsynth._registry import Registry
-from texsynth.multiscale import require_coarse_steps
+from texsynth.multiscale import require_coarse_layers, require_coarse_steps
 
 LBFGS_DEFAULTS: dict[str, Any] = {
     "lr": 1.0,
@@ -48,9 +48,13 @@ class Preset:
     #: L-BFGS steps of each coarse stage (None: as many as the full-size run). A few steps
     #: give the full size a head start; many settle the exemplar's layout, i.e. copy it.
     coarse_steps: int | None = None
+    #: which layers the coarse stages match: "all", or "matched" (those whose receptive field,
+    #: scaled to the output, the full size has; see texsynth.multiscale)
+    coarse_layers: str = "all"
 
     def __post_init__(self) -> None:
         require_coarse_steps(self.coarse_steps)
+        require_coarse_layers(self.coarse_layers)
 
     def loss_options(self) -> dict[str, dict[str, Any]]:
         return copy.deepcopy(self.losses)

@@ -51,6 +51,14 @@ class Backbone(nn.Module):
     def prune(self, layers: Sequence[str]) -> None:
         """Drop modules that ``layers`` never need (frees memory); default keeps everything."""
 
+    def receptive_field(self, layer: str) -> int | None:
+        """Side, in input pixels, of the window one feature of ``layer`` sees; None if unknown.
+
+        Coarse-to-fine synthesis uses it to keep, at a downscaled stage, only the layers whose
+        window the full-size run also has (:mod:`texsynth.multiscale`).
+        """
+        return None
+
     def set_circular_padding(self, enabled: bool = True) -> None:
         """Make convolutions wrap around the image border (for periodic outputs)."""
         set_circular_padding(self, enabled)

@@ -55,6 +55,14 @@ class RandomMultiscale(Backbone):
         maps = [getattr(self, f"relu{k}")(getattr(self, f"conv{k}")(centred)) for k in self.kernel_sizes]
         return self.stack(torch.cat(maps, dim=1))
 
+    def receptive_field(self, layer: str) -> int | None:
+        if layer == "stack":
+            return max(self.kernel_sizes)
+        kernel = layer[4:]
+        if layer[:4] in ("conv", "relu") and kernel.isdigit() and int(kernel) in self.kernel_sizes:
+            return int(kernel)
+        return None
+
     def prune(self, layers: Sequence[str]) -> None:
         if "stack" in layers:
             return

@@ -79,6 +79,8 @@ class RandomPyramid(Backbone):
             raise InvalidArgumentError(f"filters must be one positive count or one per level, got {filters}")
         generator = torch.Generator().manual_seed(seed)
         self.levels = levels
+        self.fine_kernel_sizes = tuple(int(k) for k in fine_kernel_sizes)
+        self.coarse_kernel_size = int(coarse_kernel_size)
         for level in range(levels):
             if level > 0:
                 self.add_module(f"down{level}", Downsample())
@@ -105,6 +107,20 @@ class RandomPyramid(Backbone):
         for module in self.modules():
             if isinstance(module, Downsample):
                 module.padding_mode = "circular" if enabled else "reflect"
+
+    def receptive_field(self, layer: str) -> int | None:
+        level, _, bank = layer.partition(".")
+        if not level.startswith("level") or not level[len("level"):].isdigit():
+            return None
+        index = int(level[len("level"):])
+        kernels = self.fine_kernel_sizes if index == 0 else (self.coarse_kernel_size,)
+        if bank:
+            kernels = tuple(k for k in kernels if bank == f"k{k}")
+        if index >= self.levels or not kernels:
+            return None
+        jump = 2**index  # input pixels between neighbouring features of this level
+        blurred = 1 + (len(BINOMIAL_5) - 1) * (jump - 1)  # window of the blur-and-subsample steps before it
+        return blurred + (max(kernels) - 1) * jump
 
     def prune(self, layers: Sequence[str]) -> None:
         deepest = _deepest_level(layers)

@@ -148,6 +148,17 @@ class VGG19(Backbone):
         pools = sum(1 for n, i in self.torchvision_index.items() if n.startswith("pool") and i <= deepest)
         return 2**pools  # each pooling halves the image
 
+    def receptive_field(self, layer: str) -> int | None:
+        if layer not in self.torchvision_index:
+            return None
+        size, jump = 1, 1  # window side and spacing of neighbouring features, in input pixels
+        for name in list(self.torchvision_index)[: self.torchvision_index[layer] + 1]:
+            if name.startswith("conv"):  # every VGG19 convolution is 3x3, stride 1
+                size += 2 * jump
+            elif name.startswith("pool"):  # 2x2, stride 2
+                size, jump = size + jump, jump * 2
+        return size
+
     def prune(self, layers: Sequence[str]) -> None:
         """Drop the layers past the deepest tap; ReLUs run in place unless their input is a tap.
 
