@@ -63,3 +63,26 @@ def test_the_weight_free_default_starts_from_the_exemplars_mean_colour(torch_hom
     assert not torch.equal(other_seed[0], image[0])
     reference_start = TextureSynthesis(exemplar, size=24, seed=0, preset="weight_free", init="sigmoid")
     assert float(reference_start.image.detach().std()) > 0.1
+
+
+def test_the_weight_free_default_warms_up_at_half_size_without_its_coarsest_level(torch_home, no_network,
+                                                                                exemplar, monkeypatch):
+    # 4 steps at half size put structure of the right sizes in place at a quarter of the cost; the
+    # coarsest level would see twice the full size's widest window there and copy the layout
+    # (benchmarks/README.md, "Matched coarse stages")
+    import texsynth.api as api
+    from texsynth import synthesize
+
+    runs, real_fit = [], api.fit
+
+    def recording_fit(module, steps, **options):
+        runs.append((module.output_size, steps, list(module.loss_terms["gram"].layers)))
+        return real_fit(module, steps, **options)
+
+    monkeypatch.setattr(api, "fit", recording_fit)
+    result = synthesize(exemplar, size=48, steps=1, seed=0, accelerator="cpu", lbfgs={"max_iter": 2})
+    assert result.module.preset.name == "weight_free"
+    assert runs == [((24, 24), 4, ["level0", "level1"]), ((48, 48), 1, ["level0", "level1", "level2"])]
+    runs.clear()
+    synthesize(exemplar, size=48, steps=1, seed=0, accelerator="cpu", lbfgs={"max_iter": 2}, coarse_levels=0)
+    assert [size for size, _, _ in runs] == [(48, 48)]

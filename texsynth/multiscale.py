@@ -10,10 +10,11 @@ image whose statistics are already nearly right. Any recipe works: each stage is
 Which layers a stage matches (``layers``): ``"all"`` keeps every layer of the full size. A
 layer at 1/2^k of the size sees a window 2^k times wider in output pixels, so the deepest
 layers then constrain structure larger than anything the full size constrains, and a stage run
-long enough settles (copies) the exemplar's layout. ``"matched"`` keeps only the layers whose
-window, so scaled, is no wider than the widest the full size uses (the backbone's
-``receptive_field``): the stage forms the full size's large structure at a quarter of the cost
-without adding larger-scale constraints (benchmarks/README.md, "Matched coarse stages").
+long enough settles (copies) the exemplar's layout. ``"matched"`` keeps, per loss, only the
+layers whose window, so scaled, is no wider than the widest that loss uses at full size (the
+backbone's ``receptive_field``): the stage forms the full size's large structure at a quarter
+of the cost without adding larger-scale constraints (benchmarks/README.md, "Matched coarse
+stages").
 """
 
 from __future__ import annotations
