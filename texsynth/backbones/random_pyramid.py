@@ -79,8 +79,6 @@ class RandomPyramid(Backbone):
             raise InvalidArgumentError(f"filters must be one positive count or one per level, got {filters}")
         generator = torch.Generator().manual_seed(seed)
         self.levels = levels
-        self.fine_kernel_sizes = tuple(int(k) for k in fine_kernel_sizes)
-        self.coarse_kernel_size = int(coarse_kernel_size)
         for level in range(levels):
             if level > 0:
                 self.add_module(f"down{level}", Downsample())
@@ -110,15 +108,13 @@ class RandomPyramid(Backbone):
 
     def receptive_field(self, layer: str) -> int | None:
         level, _, bank = layer.partition(".")
-        if not level.startswith("level") or not level[len("level"):].isdigit():
+        banks = getattr(self, level, None) if level[len("level"):].isdigit() else None
+        if not isinstance(banks, RandomBanks):
             return None
-        index = int(level[len("level"):])
-        kernels = self.fine_kernel_sizes if index == 0 else (self.coarse_kernel_size,)
-        if bank:
-            kernels = tuple(k for k in kernels if bank == f"k{k}")
-        if index >= self.levels or not kernels:
+        kernels = [k for k in banks.kernel_sizes if not bank or bank == f"k{k}"]
+        if not kernels:
             return None
-        jump = 2**index  # input pixels between neighbouring features of this level
+        jump = 2 ** int(level[len("level"):])  # input pixels between neighbouring features of this level
         blurred = 1 + (len(BINOMIAL_5) - 1) * (jump - 1)  # window of the blur-and-subsample steps before it
         return blurred + (max(kernels) - 1) * jump
 
