@@ -10,7 +10,7 @@ from conftest import TINY_BACKBONE
 from texsynth import TextureSynthesis, synthesize
 from texsynth.api import fit
 from texsynth.errors import InvalidArgumentError
-from texsynth.multiscale import coarse_to_fine_start
+from texsynth.multiscale import CoarseSchedule, coarse_to_fine_start
 
 
 def test_reset_image_resizes_a_smaller_start_and_broadcasts_it_over_variations(exemplar):
@@ -105,6 +105,19 @@ def test_coarse_steps_sets_the_coarse_stages_budget_apart_from_the_full_size(exe
             synthesize(exemplar, steps=1, size=32, seed=0, coarse_levels=1, coarse_steps=bad, **TINY_BACKBONE)
 
 
+def test_a_coarse_schedule_takes_each_setting_from_the_call_or_else_the_preset():
+    from texsynth.presets import get_preset
+
+    preset = get_preset("weight_free")
+    assert CoarseSchedule.resolve(preset) == CoarseSchedule(preset.coarse_levels, preset.coarse_steps,
+                                                            preset.coarse_layers)
+    assert CoarseSchedule.resolve(preset, levels=0, layers="all") == CoarseSchedule(0, preset.coarse_steps, "all")
+    assert CoarseSchedule(1, None, "all").steps_per_stage(7) == 7  # None: as many as the full size
+    assert CoarseSchedule(1, 3, "all").steps_per_stage(7) == 3
+    with pytest.raises(InvalidArgumentError, match="coarse steps must be a positive integer, got 0"):
+        CoarseSchedule.resolve(preset, steps=0)
+
+
 def test_a_presets_coarse_steps_apply_unless_overridden(exemplar, monkeypatch):
     from texsynth.presets import PRESETS, Preset, register_preset
 
@@ -113,13 +126,15 @@ def test_a_presets_coarse_steps_apply_unless_overridden(exemplar, monkeypatch):
                            losses={"gram": {"relative": True}}, coarse_levels=1, coarse_steps=1))
     try:
         runs = _fits_by_size(monkeypatch)
-        synthesize(exemplar, steps=2, size=32, seed=0, preset="tiny_warm_start", accelerator="cpu",
-                   lbfgs={"max_iter": 2})
+        result = synthesize(exemplar, steps=2, size=32, seed=0, preset="tiny_warm_start", accelerator="cpu",
+                            lbfgs={"max_iter": 2})
         assert runs == [((16, 16), 1), ((32, 32), 2)]
+        assert result.coarse == CoarseSchedule(levels=1, steps=1, layers="all")
         runs.clear()
-        synthesize(exemplar, steps=2, size=32, seed=0, preset="tiny_warm_start", coarse_steps=3,
-                   accelerator="cpu", lbfgs={"max_iter": 2})
+        result = synthesize(exemplar, steps=2, size=32, seed=0, preset="tiny_warm_start", coarse_steps=3,
+                            accelerator="cpu", lbfgs={"max_iter": 2})
         assert runs == [((16, 16), 3), ((32, 32), 2)]
+        assert result.coarse == CoarseSchedule(levels=1, steps=3, layers="all")
     finally:
         PRESETS.remove("tiny_warm_start")
     with pytest.raises(InvalidArgumentError, match="coarse steps must be a positive integer, got 0"):

@@ -18,7 +18,7 @@ from texsynth.checkpointing import SaveAndInterrupt
 from texsynth.errors import CheckpointError, InvalidArgumentError
 from texsynth.image_io import ImageSource, save_image, to_pil
 from texsynth.module import TextureSynthesis
-from texsynth.multiscale import coarse_to_fine_start, require_coarse_layers, require_coarse_steps
+from texsynth.multiscale import CoarseSchedule, coarse_to_fine_start, require_coarse_layers, require_coarse_steps
 from texsynth.presets import DEFAULT_STEPS
 from texsynth.trainer import DEFAULT_LOGDIR, make_trainer
 
@@ -36,6 +36,8 @@ class SynthesisResult:
     seconds: float
     module: TextureSynthesis = field(repr=False)
     log_dir: str | None = None
+    #: the coarse stages the run was configured with (none run when it resumed a checkpoint)
+    coarse: CoarseSchedule | None = None
 
     @property
     def images(self) -> torch.Tensor:
@@ -156,20 +158,19 @@ def synthesize(
     require_coarse_layers(coarse_layers)
     recipe_options = dict(backbone=backbone, weights=weights, losses=losses, preset=preset, **module_options)
     module = TextureSynthesis(exemplar, size=size, seed=seed, **recipe_options)
-    levels = module.preset.coarse_levels if coarse_levels is None else coarse_levels
-    steps_per_stage = coarse_steps if coarse_steps is not None else module.preset.coarse_steps or steps
+    coarse = CoarseSchedule.resolve(module.preset, coarse_levels, coarse_steps, coarse_layers)
     trainer_options = dict(quiet=quiet, accelerator=accelerator, devices=devices, precision=precision,
                            matmul_precision=matmul_precision, deterministic_on_gpu=deterministic_on_gpu,
                            progress_bar=progress_bar)
     coarse_seconds = 0.0
-    if levels and resume is None:
+    if coarse.levels and resume is None:
 
         def run_stage(stage: TextureSynthesis, stage_steps: int) -> None:
             nonlocal coarse_seconds
             coarse_seconds += fit(stage, stage_steps, logdir=False, **trainer_options)[0]
 
-        coarse_to_fine_start(module, levels, steps_per_stage, run_stage, recipe_options,
-                             layers=coarse_layers or module.preset.coarse_layers)
+        coarse_to_fine_start(module, coarse.levels, coarse.steps_per_stage(steps), run_stage, recipe_options,
+                             layers=coarse.layers)
     seconds, log_dir = fit(
         module, steps, logdir=logdir, log_images_every=log_images_every,
         checkpoint=checkpoint, checkpoint_every=checkpoint_every, image_path=image_path, resume=resume,
@@ -180,7 +181,7 @@ def synthesize(
         final = {name: float(value) for name, value in module.compute_losses().items()}
     return SynthesisResult(
         image=module.output(), losses=final, steps=module.num_steps, evals=module.num_evals,
-        seconds=seconds, module=module, log_dir=log_dir,
+        seconds=seconds, module=module, log_dir=log_dir, coarse=coarse,
     )
 
 

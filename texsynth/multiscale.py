@@ -20,6 +20,7 @@ stages").
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -44,6 +45,32 @@ def require_coarse_steps(value: Any) -> None:
 def require_coarse_layers(value: Any) -> None:
     if value is not None and value not in COARSE_LAYERS:
         raise InvalidArgumentError(f"coarse layers must be one of {', '.join(COARSE_LAYERS)}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class CoarseSchedule:
+    """The coarse stages a run does before its full size, each setting the call's or the preset's.
+
+    Resolved once, in :func:`~texsynth.synthesize`, so that what ran and what a run's config
+    file records cannot disagree.
+    """
+
+    levels: int
+    steps: int | None  # None: as many as the full-size run
+    layers: str
+
+    @classmethod
+    def resolve(cls, preset: Any, levels: int | None = None, steps: int | None = None,
+                layers: str | None = None) -> CoarseSchedule:
+        """``preset``'s schedule with the given (not None) settings in place of its own."""
+        require_coarse_steps(steps)
+        require_coarse_layers(layers)
+        return cls(levels=preset.coarse_levels if levels is None else levels,
+                   steps=preset.coarse_steps if steps is None else steps,
+                   layers=preset.coarse_layers if layers is None else layers)
+
+    def steps_per_stage(self, full_steps: int) -> int:
+        return full_steps if self.steps is None else self.steps
 
 
 def matched_losses(module: Any, factor: int) -> list[tuple[str, dict[str, Any]]] | None:
