@@ -40,7 +40,7 @@ import torchvision
 from torch import nn
 
 import texsynth
-from texsynth.allocator import keep_freed_memory_if_asked
+from texsynth.allocator import keep_freed_memory, wants_kept_memory
 from texsynth.api import fit
 from texsynth.examples import load_example
 from texsynth.image_io import center_crop_resize, load_image
@@ -237,9 +237,10 @@ def main() -> int:
     args = parser.parse_args()
     global DEVICE
     DEVICE = torch.device(args.device)
-    # with TEXSYNTH_KEEP_FREED_MEMORY=1 texsynth's Trainer keeps freed memory for reuse
+    # with TEXSYNTH_KEEP_FREED_MEMORY=1 (or auto) texsynth's Trainer keeps freed memory for reuse
     # (texsynth.allocator); applied up front then, so every row runs under the same allocator
-    keep_freed_memory_if_asked()
+    if wants_kept_memory(args.size * args.size, on_cpu=args.device == "cpu"):
+        keep_freed_memory()
 
     source = args.exemplar
     image = load_image(source) if Path(source).exists() else load_example(source, size=args.size)

@@ -20,7 +20,20 @@ PROBE = textwrap.dedent("""
         assert keep_freed_memory()
     if sys.argv[1] == "trainer":
         from texsynth.trainer import make_trainer
-        make_trainer(1, logdir=False, progress_bar=False)
+        make_trainer(1, logdir=False, progress_bar=False).fit(
+            __import__("texsynth").TextureSynthesis("bricks", size=32, backbone="random_multiscale",
+                                                    backbone_options={"kernel_sizes": [3], "filters": 4}))
+    if sys.argv[1].startswith("auto"):  # TEXSYNTH_KEEP_FREED_MEMORY=auto: each fit decides by its size
+        from types import SimpleNamespace
+        from texsynth.callbacks import KeepFreedMemory
+        cpu = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("cpu")))
+        sizes = {"auto": [(256, 256)], "auto-then-large": [(256, 256), (1025, 1024)]}[sys.argv[1]]
+        for height, width in sizes:
+            KeepFreedMemory().on_fit_start(cpu, SimpleNamespace(image=torch.zeros(1, 3, height, width)))
+    if sys.argv[1] == "cli":
+        from texsynth.cli import main
+        assert main(["synthesize", "bricks", "-o", sys.argv[2], "--size", "32", "--steps", "1", "--max-iter", "2",
+                     "--backbone", "random_multiscale", "--coarse-levels", "0", "--no-log", "--no-progress"]) == 0
     torch.empty(25_000_000).fill_(1.0)  # 100 MB (above glibc's adaptive limit of 32 MiB), freed
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(10):
@@ -29,10 +42,10 @@ PROBE = textwrap.dedent("""
 """)
 
 
-def _page_faults(mode: str, **env: str) -> int:
+def _page_faults(mode: str, *args: str, **env: str) -> int:
     import os
 
-    result = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-c", PROBE, mode, *args], capture_output=True, text=True,
                             env={**os.environ, **env}, check=True)
     return int(result.stdout.split()[-1])
 
@@ -42,8 +55,46 @@ def test_kept_memory_is_reused_without_page_faults(monkeypatch):
     pages = 100_000_000 // resource.getpagesize()
     assert _page_faults("default") > 8 * pages  # each of the 10 blocks mapped and faulted in again
     assert _page_faults("keep") < 4 * pages  # the freed pages are reused (mostly)
-    assert _page_faults("trainer") > 8 * pages  # opt-in: make_trainer leaves glibc alone
+    assert _page_faults("trainer") > 8 * pages  # a library call leaves glibc alone
     assert _page_faults("trainer", TEXSYNTH_KEEP_FREED_MEMORY="1") < 4 * pages  # unless asked
+
+
+def test_auto_keeps_freed_memory_for_small_runs_and_gives_it_back_for_a_large_one(monkeypatch):
+    monkeypatch.delenv("TEXSYNTH_KEEP_FREED_MEMORY", raising=False)
+    pages = 100_000_000 // resource.getpagesize()
+    assert _page_faults("auto", TEXSYNTH_KEEP_FREED_MEMORY="auto") < 4 * pages
+    assert _page_faults("auto-then-large", TEXSYNTH_KEEP_FREED_MEMORY="auto") > 8 * pages  # 100 MB > 32 MiB
+
+
+def test_the_command_keeps_freed_memory_unless_the_environment_says_no(monkeypatch, tmp_path):
+    monkeypatch.delenv("TEXSYNTH_KEEP_FREED_MEMORY", raising=False)
+    pages = 100_000_000 // resource.getpagesize()
+    assert _page_faults("cli", str(tmp_path / "a.png")) < 4 * pages
+    assert _page_faults("cli", str(tmp_path / "b.png"), TEXSYNTH_KEEP_FREED_MEMORY="0") > 8 * pages
+    assert (tmp_path / "a.png").is_file() and (tmp_path / "b.png").is_file()
+
+
+def test_the_environment_chooses_when_freed_memory_is_kept(monkeypatch):
+    from texsynth.allocator import AUTO_MAX_PIXELS, wants_kept_memory
+    from texsynth.cli import main
+    from texsynth.errors import InvalidArgumentError
+
+    monkeypatch.delenv("TEXSYNTH_KEEP_FREED_MEMORY", raising=False)
+    assert not wants_kept_memory(64 * 64, on_cpu=True)  # unset: a library call leaves glibc alone
+    monkeypatch.setenv("TEXSYNTH_KEEP_FREED_MEMORY", "auto")
+    assert wants_kept_memory(AUTO_MAX_PIXELS, on_cpu=True)
+    assert not wants_kept_memory(AUTO_MAX_PIXELS + 1, on_cpu=True)  # 2048x2048: past the memory guard
+    assert not wants_kept_memory(64 * 64, on_cpu=False)
+    monkeypatch.setenv("TEXSYNTH_KEEP_FREED_MEMORY", "1")
+    assert wants_kept_memory(4 * AUTO_MAX_PIXELS, on_cpu=False)
+    monkeypatch.setenv("TEXSYNTH_KEEP_FREED_MEMORY", "0")
+    assert not wants_kept_memory(64 * 64, on_cpu=True)
+    monkeypatch.setenv("TEXSYNTH_KEEP_FREED_MEMORY", "sometimes")
+    with pytest.raises(InvalidArgumentError, match="TEXSYNTH_KEEP_FREED_MEMORY='sometimes': expected 1, 0 or auto"):
+        wants_kept_memory(64 * 64, on_cpu=True)
+    monkeypatch.delenv("TEXSYNTH_KEEP_FREED_MEMORY")
+    assert main(["list"]) == 0
+    assert "TEXSYNTH_KEEP_FREED_MEMORY" not in __import__("os").environ  # the command's default ends with it
 
 
 def test_memory_this_process_keeps_counts_as_available(monkeypatch):

@@ -10,10 +10,13 @@ weight-free evaluations 1.66x cheaper at 256x256 on CPU with blocks up to 256 Mi
 memory until it exits.
 
 It applies to the whole process and only to glibc's allocator (Linux); elsewhere it does
-nothing. It is opt-in: kept blocks fragment the heap, and a 2048x2048 weight-free step
-peaked at 21.4 GiB with it against 20.2 GiB without (23.3 GiB with 1 GiB blocks kept), above
-the memory guard's estimate. ``texsynth.trainer.make_trainer`` applies it when
-``TEXSYNTH_KEEP_FREED_MEMORY=1``; or call :func:`keep_freed_memory` yourself.
+nothing. Kept blocks fragment the heap: a 2048x2048 weight-free step peaked at 21.4 GiB with
+it against 20.2 GiB without (23.3 GiB with 1 GiB blocks kept), above the memory guard's
+estimate. So ``TEXSYNTH_KEEP_FREED_MEMORY`` chooses: ``1`` always, ``0`` never, ``auto`` for
+CPU runs of outputs up to :data:`AUTO_MAX_PIXELS`. Unset, a library call leaves glibc alone
+(the process is its host's) and the ``texsynth`` command, whose process it is, runs ``auto``.
+Trainers from ``texsynth.trainer.make_trainer`` apply the choice when a fit starts
+(:class:`~texsynth.callbacks.KeepFreedMemory`); or call :func:`keep_freed_memory` yourself.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import functools
 import os
 
 from texsynth._logging import log
+from texsynth.errors import InvalidArgumentError
 
 #: blocks up to this size come from the heap and are reused (those of a 256x256 evaluation
 #: are at most 100 MB); larger ones are mapped and unmapped as before
@@ -33,7 +37,19 @@ _M_MMAP_THRESHOLD = -3
 _INT_MAX = 2**31 - 1
 #: glibc's initial M_MMAP_THRESHOLD and M_TRIM_THRESHOLD
 GLIBC_DEFAULT_THRESHOLD = 128 * 1024
+#: where glibc's own adaptive mmap threshold ends up once large blocks have been freed (its
+#: DEFAULT_MMAP_THRESHOLD_MAX on 64-bit); setting a threshold turns the adaptation off for good,
+#: so giving kept memory back restores this steady state rather than the start-up value
+GLIBC_ADAPTED_THRESHOLD = 32 << 20
 _applied = False
+
+#: the environment variable that chooses (module docstring)
+KEEP_FREED_MEMORY_ENV = "TEXSYNTH_KEEP_FREED_MEMORY"
+#: the largest output (pixels, all variations together) ``auto`` keeps freed memory for: the
+#: memory model's measurements stayed within the guard's estimate up to 1024x1024
+AUTO_MAX_PIXELS = 1024 * 1024
+_POLICIES = {"1": "always", "true": "always", "yes": "always", "on": "always",
+             "0": "never", "false": "never", "no": "never", "off": "never", "auto": "auto"}
 
 
 def set_malloc_thresholds(limit: int) -> bool:
@@ -61,11 +77,48 @@ def keep_freed_memory(limit: int = KEEP_BLOCKS_UP_TO) -> bool:
     return _applied
 
 
-def keep_freed_memory_if_asked() -> bool:
-    """Apply :func:`keep_freed_memory` when ``TEXSYNTH_KEEP_FREED_MEMORY=1`` (opt-in)."""
-    if os.environ.get("TEXSYNTH_KEEP_FREED_MEMORY", "").strip().lower() in ("1", "true", "yes", "on"):
+def give_back_freed_memory() -> bool:
+    """Undo :func:`keep_freed_memory`: glibc's adapted thresholds again, and the kept memory
+    returned to the system (``malloc_trim``); True if it had applied."""
+    global _applied
+    if not _applied:
+        return False
+    libc = _glibc()
+    set_malloc_thresholds(GLIBC_ADAPTED_THRESHOLD)
+    libc.malloc_trim(0)
+    _applied = False
+    log.debug("glibc malloc: kept memory given back")
+    return True
+
+
+def keep_freed_memory_policy() -> str:
+    """``"always"``, ``"never"`` (also when unset) or ``"auto"``, from ``TEXSYNTH_KEEP_FREED_MEMORY``."""
+    value = os.environ.get(KEEP_FREED_MEMORY_ENV, "").strip().lower()
+    if not value:
+        return "never"
+    if value not in _POLICIES:
+        raise InvalidArgumentError(f"{KEEP_FREED_MEMORY_ENV}={value!r}: expected 1, 0 or auto")
+    return _POLICIES[value]
+
+
+def kept_memory_for_run(pixels: int, on_cpu: bool) -> bool:
+    """Keep freed memory, or give it back, as the environment's policy wants for a run of
+    ``pixels`` output pixels; under ``auto`` a large run after small ones in one process (a
+    coarse stage before its full size, a batch of mixed sizes) gets glibc's behaviour back.
+    True if memory is kept for the run."""
+    policy = keep_freed_memory_policy()
+    if wants_kept_memory(pixels, on_cpu, policy):
         return keep_freed_memory()
+    if policy == "auto":
+        give_back_freed_memory()
     return False
+
+
+def wants_kept_memory(pixels: int, on_cpu: bool, policy: str | None = None) -> bool:
+    """Whether a run of ``pixels`` output pixels should keep freed memory under ``policy``
+    (default: the environment's)."""
+    policy = keep_freed_memory_policy() if policy is None else policy
+    return policy == "always" or (policy == "auto" and on_cpu and pixels <= AUTO_MAX_PIXELS)
 
 
 class _MallInfo2(ctypes.Structure):
@@ -92,6 +145,7 @@ def _glibc() -> ctypes.CDLL | None:
         libc = ctypes.CDLL(name or "libc.so.6")
         libc.gnu_get_libc_version  # noqa: B018 -- only glibc has it (not musl, not macOS)
         libc.mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+        libc.malloc_trim.argtypes = (ctypes.c_size_t,)
         if hasattr(libc, "mallinfo2"):
             libc.mallinfo2.restype = _MallInfo2
     except (OSError, AttributeError):

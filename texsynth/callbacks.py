@@ -1,6 +1,6 @@
 """Lightning callbacks of texsynth: images in TensorBoard, stopping when the loss stalls or
 before the output becomes a copy, float32 matrix products at a chosen internal precision,
-deterministic kernels on GPUs."""
+deterministic kernels on GPUs, freed memory kept for reuse."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from texsynth._logging import log
+from texsynth.allocator import kept_memory_for_run
 from texsynth.errors import InvalidArgumentError
 from texsynth.metrics.functional import copy_score
 
@@ -280,3 +281,14 @@ class DeterministicOnGPU(L.Callback):
             os.environ.pop(CUBLAS_WORKSPACE_CONFIG, None)
         else:
             os.environ[CUBLAS_WORKSPACE_CONFIG] = previous["cublas"]
+
+
+class KeepFreedMemory(L.Callback):
+    """Keep freed memory for reuse (:mod:`texsynth.allocator`), or give it back, as the run's
+    size and ``TEXSYNTH_KEEP_FREED_MEMORY`` ask; decided when a fit starts, where the output's
+    size and the device are known."""
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        image = getattr(pl_module, "image", None)
+        pixels = image.shape[0] * image.shape[-2] * image.shape[-1] if isinstance(image, torch.Tensor) else 0
+        kept_memory_for_run(pixels, on_cpu=trainer.strategy.root_device.type == "cpu")

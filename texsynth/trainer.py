@@ -13,8 +13,8 @@ import lightning as L
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from texsynth.allocator import keep_freed_memory_if_asked
-from texsynth.callbacks import DeterministicOnGPU, MatmulPrecision, TensorBoardImages
+from texsynth.allocator import keep_freed_memory_policy
+from texsynth.callbacks import DeterministicOnGPU, KeepFreedMemory, MatmulPrecision, TensorBoardImages
 from texsynth.checkpointing import AtomicCheckpointIO
 from texsynth.errors import InvalidArgumentError
 
@@ -52,16 +52,18 @@ def make_trainer(
 
     ``matmul_precision`` (``"highest"``, ``"high"``, ``"medium"``): the internal precision of
     float32 matrix products during the run, until a step stalls on the rounding
-    (:class:`~texsynth.callbacks.MatmulPrecision`). With ``TEXSYNTH_KEEP_FREED_MEMORY=1``,
-    glibc keeps freed memory for reuse (:mod:`texsynth.allocator`: up to 1.7x cheaper CPU
-    evaluations, more peak memory). ``deterministic_on_gpu`` (the default) makes a run on a
+    (:class:`~texsynth.callbacks.MatmulPrecision`). ``TEXSYNTH_KEEP_FREED_MEMORY``
+    (``1``, ``0``, ``auto``; unset: ``0``, the ``texsynth`` command: ``auto``) lets glibc keep
+    freed memory for reuse (:mod:`texsynth.allocator`: up to 1.7x cheaper CPU evaluations, more
+    peak memory). ``deterministic_on_gpu`` (the default) makes a run on a
     GPU reproducible bit for bit (:class:`~texsynth.callbacks.DeterministicOnGPU`).
     """
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise InvalidArgumentError(f"steps must be a positive integer, got {steps!r}")
-    keep_freed_memory_if_asked()
     logger: TensorBoardLogger | bool = False
     extra: list[L.Callback] = [] if matmul_precision is None else [MatmulPrecision(matmul_precision)]
+    if keep_freed_memory_policy() != "never":
+        extra.append(KeepFreedMemory())
     if deterministic_on_gpu:
         extra.append(DeterministicOnGPU())
     if logdir:
