@@ -28,8 +28,10 @@ reference recipe's last snapshot with a copy score <= ``--max-copy`` (its best n
 and a recipe reaches it with ``q <= 1`` against that snapshot *and* a copy score <= ``--max-copy``;
 the speed-up is against the time the reference recipe took to get there.
 
-``--reference-cache DIR`` keeps each reference curve (per exemplar, size, steps and recipe), so
-variants can be compared against the full 250-step recipe without re-running it.
+``--reference-cache DIR`` keeps each reference curve (per exemplar, size, steps, seed and
+recipe), so variants can be compared against the full 250-step recipe without re-running it.
+``--seed N`` starts both recipes from seed N: a target is one run of the reference recipe,
+and another seed of it ends elsewhere.
 
     python benchmarks/quality_speed.py --size 128 --limit 3 --steps 24 --reference-cache out/qs-cache
     python benchmarks/quality_speed.py --variants '{"sigmoid": {"init": "sigmoid", "coarse_levels": 0}}'
@@ -90,10 +92,10 @@ class Snapshots(L.Callback):
             self.shots.append((time.perf_counter() - self.start, module.num_evals, module.output()))
 
 
-def run(exemplar, steps, every, options) -> list[tuple[float, int, torch.Tensor]]:
+def run(exemplar, steps, every, options, seed: int = 0) -> list[tuple[float, int, torch.Tensor]]:
     start = time.perf_counter()
     snapshots = Snapshots(start, every)
-    options = {"seed": 0, **options}  # a variant may name its own seed
+    options = {"seed": seed, **options}  # a variant may name its own seed
     result = texsynth.synthesize(exemplar, steps=steps, accelerator="cpu", callbacks=[snapshots], **options)
     seconds, evals, _ = snapshots.shots[-1]
     snapshots.shots[-1] = (seconds, evals, result.image)  # a step undone after the snapshot (max_copy_score)
@@ -104,8 +106,9 @@ def reference_cache_file(stem: str, args, options: dict) -> Path:
     """Where ``--reference-cache`` keeps a curve: named by exemplar, size, steps and a digest of
     the recipe, so a curve made before a preset's losses changed is not reused."""
     digest = hashlib.sha256(json.dumps(options, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    seed = f"-seed{args.seed}" if args.seed else ""  # seed 0's curves keep their earlier names
     return args.reference_cache / (f"{stem}-{args.size}-{args.preset}-{args.reference_steps}-{args.every}"
-                                   f"-x{args.reference_loss_scale:g}-{digest}.json")
+                                   f"-x{args.reference_loss_scale:g}{seed}-{digest}.json")
 
 
 def reference_curve(path: Path, exemplar: torch.Tensor, args) -> list[tuple[float, int, dict[str, float]]]:
@@ -116,7 +119,7 @@ def reference_curve(path: Path, exemplar: torch.Tensor, args) -> list[tuple[floa
         cache = reference_cache_file(path.stem, args, options)
         if cache.exists():
             return [tuple(entry) for entry in json.loads(cache.read_text())]
-    shots = run(exemplar, args.reference_steps, args.every, options)
+    shots = run(exemplar, args.reference_steps, args.every, options, args.seed)
     curve = [(t, n, texture_metrics(img, exemplar)) for t, n, img in shots]
     if cache:
         cache.parent.mkdir(parents=True, exist_ok=True)
@@ -188,6 +191,8 @@ def main() -> int:
                              "so its behaviour depends on the scale; default: the best of a sweep)")
     parser.add_argument("--steps", type=int, default=None, help="texsynth steps (default: the CLI default)")
     parser.add_argument("--every", type=int, default=5, help="score the reference recipe every N steps")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of both recipes' starting images (a variant may name its own)")
     parser.add_argument("--variants", default="{}", help="JSON {name: synthesize options} to compare as well")
     parser.add_argument("--skip-default", action="store_true",
                         help="run the variants only (the default's curve from an earlier run is unchanged)")
@@ -211,14 +216,14 @@ def main() -> int:
     recipes = {} if args.skip_default else {"texsynth": ({}, args.steps or DEFAULT_STEPS)}
     recipes.update({name: (options, args.steps or DEFAULT_STEPS) for name, options in json.loads(args.variants).items()})
     print(f"# {len(files)} exemplars at {args.size}x{args.size}, preset {args.preset}, {torch.get_num_threads()} "
-          f"threads; reference recipe {args.reference_steps} steps, losses x{args.reference_loss_scale:g}")
+          f"threads; reference recipe {args.reference_steps} steps, losses x{args.reference_loss_scale:g}; seed {args.seed}")
     results = []
     for path in files:
         exemplar = center_crop_resize(load_image(path), (args.size, args.size))
         curves = {"reference": reference_curve(path, exemplar, args)}
         finals = {}
         for name, (options, steps) in recipes.items():
-            shots = run(exemplar, steps, 1, {"preset": args.preset, **options})
+            shots = run(exemplar, steps, 1, {"preset": args.preset, **options}, args.seed)
             curves[name] = [(t, n, texture_metrics(img, exemplar)) for t, n, img in shots]
             finals[name] = shots[-1][2]
         reference_time, _, final = curves["reference"][-1]

@@ -81,13 +81,16 @@ def test_quality_speed_cache_is_keyed_by_the_recipe(tmp_path, monkeypatch):
     import quality_speed
 
     args = argparse.Namespace(reference_cache=tmp_path, size=64, preset="weight_free", reference_steps=250,
-                              every=5, reference_loss_scale=100.0)
+                              every=5, reference_loss_scale=100.0, seed=0)
     options = quality_speed.reference_options("weight_free", 100.0)
     same = quality_speed.reference_cache_file("bricks", args, dict(options))
     assert same == quality_speed.reference_cache_file("bricks", args, options)
     changed = {**options, "losses": {**options["losses"], "chroma_spectrum": {"weight": 0.0}}}
     assert quality_speed.reference_cache_file("bricks", args, changed) != same
     assert same.parent == tmp_path and same.name.startswith("bricks-64-weight_free-250-5-x100-")
+    args.seed = 1
+    assert quality_speed.reference_cache_file("bricks", args, options).name.startswith(
+        "bricks-64-weight_free-250-5-x100-seed1-")
 
 
 def test_quality_runs_from_a_first_seed_and_quality_table_takes_the_median_over_seeds(tmp_path):
