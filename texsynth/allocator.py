@@ -45,8 +45,8 @@ _applied = False
 
 #: the environment variable that chooses (module docstring)
 KEEP_FREED_MEMORY_ENV = "TEXSYNTH_KEEP_FREED_MEMORY"
-#: the largest output (pixels, all variations together) ``auto`` keeps freed memory for: the
-#: memory model's measurements stayed within the guard's estimate up to 1024x1024
+#: the largest output (pixels, all variations together) ``auto`` keeps freed memory for: at
+#: 1024x1024 it added 0.44 GiB to a 5.9 GiB peak (weight-free), at 2048x2048 1.2 GiB to 20.2
 AUTO_MAX_PIXELS = 1024 * 1024
 _POLICIES = {"1": "always", "true": "always", "yes": "always", "on": "always",
              "0": "never", "false": "never", "no": "never", "off": "never", "auto": "auto"}

@@ -180,8 +180,8 @@ WEIGHT_FREE = register_preset(
         # quarter of the cost. Matched layers: at half size the coarsest level would see twice
         # the full size's widest window and copy scene-like exemplars' layout (all layers: copy
         # score higher on 9 of 11 DTD exemplars; matched: on 4, median level), while reaching
-        # the reference recipe's final quality with 11x fewer evaluations on bubbly_0139
-        # (benchmarks/README.md, "Matched coarse stages")
+        # the reference recipe's final quality with 11x fewer evaluations on bubbly_0139, seed 0
+        # (not with seed 1; benchmarks/README.md, "Matched coarse stages")
         coarse_levels=1,
         coarse_steps=4,
         coarse_layers="matched",
