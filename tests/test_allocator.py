@@ -18,11 +18,14 @@ PROBE = textwrap.dedent("""
     from texsynth.allocator import keep_freed_memory
     if sys.argv[1] == "keep":
         assert keep_freed_memory()
-    if sys.argv[1] == "trainer":
+    if sys.argv[1] == "trainer":  # the callbacks make_trainer adds, started as a fit starts them
+        from types import SimpleNamespace
+        from texsynth.callbacks import KeepFreedMemory
         from texsynth.trainer import make_trainer
-        make_trainer(1, logdir=False, progress_bar=False).fit(
-            __import__("texsynth").TextureSynthesis("bricks", size=32, backbone="random_multiscale",
-                                                    backbone_options={"kernel_sizes": [3], "filters": 4}))
+        trainer = make_trainer(1, logdir=False, progress_bar=False, accelerator="cpu")
+        for callback in trainer.callbacks:
+            if isinstance(callback, KeepFreedMemory):
+                callback.on_fit_start(trainer, SimpleNamespace(image=torch.zeros(1, 3, 64, 64)))
     if sys.argv[1].startswith("auto"):  # TEXSYNTH_KEEP_FREED_MEMORY=auto: each fit decides by its size
         from types import SimpleNamespace
         from texsynth.callbacks import KeepFreedMemory
@@ -57,6 +60,7 @@ def test_kept_memory_is_reused_without_page_faults(monkeypatch):
     assert _page_faults("keep") < 4 * pages  # the freed pages are reused (mostly)
     assert _page_faults("trainer") > 8 * pages  # a library call leaves glibc alone
     assert _page_faults("trainer", TEXSYNTH_KEEP_FREED_MEMORY="1") < 4 * pages  # unless asked
+    assert _page_faults("trainer", TEXSYNTH_KEEP_FREED_MEMORY="auto") < 4 * pages  # a small CPU run
 
 
 def test_auto_keeps_freed_memory_for_small_runs_and_gives_it_back_for_a_large_one(monkeypatch):
@@ -69,7 +73,9 @@ def test_auto_keeps_freed_memory_for_small_runs_and_gives_it_back_for_a_large_on
 def test_the_command_keeps_freed_memory_unless_the_environment_says_no(monkeypatch, tmp_path):
     monkeypatch.delenv("TEXSYNTH_KEEP_FREED_MEMORY", raising=False)
     pages = 100_000_000 // resource.getpagesize()
-    assert _page_faults("cli", str(tmp_path / "a.png")) < 4 * pages
+    # after a whole synthesis the heap is fragmented: up to 4 of the 10 blocks were seen to land
+    # on fresh pages (0 in most runs), against 10 of 10 without kept memory
+    assert _page_faults("cli", str(tmp_path / "a.png")) < 6 * pages
     assert _page_faults("cli", str(tmp_path / "b.png"), TEXSYNTH_KEEP_FREED_MEMORY="0") > 8 * pages
     assert (tmp_path / "a.png").is_file() and (tmp_path / "b.png").is_file()
 
