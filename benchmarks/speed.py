@@ -40,7 +40,7 @@ import torchvision
 from torch import nn
 
 import texsynth
-from texsynth.allocator import keep_freed_memory, wants_kept_memory
+from texsynth.allocator import kept_memory_for_run
 from texsynth.api import fit
 from texsynth.examples import load_example
 from texsynth.image_io import center_crop_resize, load_image
@@ -239,8 +239,7 @@ def main() -> int:
     DEVICE = torch.device(args.device)
     # with TEXSYNTH_KEEP_FREED_MEMORY=1 (or auto) texsynth's Trainer keeps freed memory for reuse
     # (texsynth.allocator); applied up front then, so every row runs under the same allocator
-    if wants_kept_memory(args.size * args.size, on_cpu=args.device == "cpu"):
-        keep_freed_memory()
+    kept_memory_for_run(args.size * args.size, on_cpu=args.device == "cpu")
 
     source = args.exemplar
     image = load_image(source) if Path(source).exists() else load_example(source, size=args.size)
