@@ -30,6 +30,8 @@ the speed-up is against the time the reference recipe took to get there.
 
 ``--reference-cache DIR`` keeps each reference curve (per exemplar, size, steps, seed and
 recipe), so variants can be compared against the full 250-step recipe without re-running it.
+``--save-images DIR`` writes every recipe's final image, the reference recipe's included (a
+cached curve keeps it as a PNG beside it), to look at what the numbers describe.
 ``--seed N`` starts both recipes from seed N: a target is one run of the reference recipe,
 and another seed of it ends elsewhere.
 
@@ -111,20 +113,26 @@ def reference_cache_file(stem: str, args, options: dict) -> Path:
                                    f"-x{args.reference_loss_scale:g}{seed}-{digest}.json")
 
 
-def reference_curve(path: Path, exemplar: torch.Tensor, args) -> list[tuple[float, int, dict[str, float]]]:
-    """The reference recipe's (seconds, evaluations, metrics) curve, from ``--reference-cache`` if it has it."""
+def reference_curve(path: Path, exemplar: torch.Tensor, args) -> tuple[list[tuple[float, int, dict[str, float]]],
+                                                                      torch.Tensor | None]:
+    """The reference recipe's (seconds, evaluations, metrics) curve and final image, from
+    ``--reference-cache`` if it has them (the image is kept as a PNG beside the curve; curves
+    cached before that have none)."""
     options = reference_options(args.preset, args.reference_loss_scale)
     cache = None
     if args.reference_cache:
         cache = reference_cache_file(path.stem, args, options)
         if cache.exists():
-            return [tuple(entry) for entry in json.loads(cache.read_text())]
+            image = cache.with_suffix(".png")
+            return ([tuple(entry) for entry in json.loads(cache.read_text())],
+                    load_image(image) if image.exists() else None)
     shots = run(exemplar, args.reference_steps, args.every, options, args.seed)
     curve = [(t, n, texture_metrics(img, exemplar)) for t, n, img in shots]
     if cache:
         cache.parent.mkdir(parents=True, exist_ok=True)
+        save_image(shots[-1][2], cache.with_suffix(".png"))
         cache.write_text(json.dumps(curve))
-    return curve
+    return curve, shots[-1][2]
 
 
 def quality(metrics: dict[str, float], final: dict[str, float]) -> float:
@@ -199,7 +207,7 @@ def main() -> int:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--max-copy", type=float, default=0.5,
                         help="copy score above which an image counts as a copy of the exemplar, not a new texture")
-    parser.add_argument("--save-images", type=Path, help="folder for each recipe's final image")
+    parser.add_argument("--save-images", type=Path, help="folder for each recipe's final image (the reference recipe's too, unless its curve was cached without one)")
     parser.add_argument("--reference-cache", type=Path, default=None,
                         help="folder keeping each reference curve (per exemplar, size, preset, steps) for later runs")
     args = parser.parse_args()
@@ -220,8 +228,9 @@ def main() -> int:
     results = []
     for path in files:
         exemplar = center_crop_resize(load_image(path), (args.size, args.size))
-        curves = {"reference": reference_curve(path, exemplar, args)}
-        finals = {}
+        reference, reference_image = reference_curve(path, exemplar, args)
+        curves = {"reference": reference}
+        finals = {} if reference_image is None else {"reference": reference_image}
         for name, (options, steps) in recipes.items():
             shots = run(exemplar, steps, 1, {"preset": args.preset, **options}, args.seed)
             curves[name] = [(t, n, texture_metrics(img, exemplar)) for t, n, img in shots]

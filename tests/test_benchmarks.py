@@ -74,6 +74,24 @@ def test_quality_speed_scores_both_recipes(tmp_path):
     assert list((tmp_path / "cache").glob("bricks-32-weight_free-2-1-x100-*.json"))
 
 
+def test_quality_speed_saves_the_reference_image_also_from_its_cache(tmp_path):
+    from PIL import Image
+
+    textures = tmp_path / "textures"
+    textures.mkdir()
+    save_image(load_example("bricks", size=48), textures / "bricks.png")
+    common = ("--textures", str(textures), "--size", "32", "--reference-steps", "1", "--steps", "1",
+              "--every", "1", "--reference-cache", str(tmp_path / "cache"))
+    for run in ("first", "cached"):
+        images = tmp_path / run
+        _run("quality_speed.py", *common, "--save-images", str(images))
+        saved = sorted(path.name for path in images.iterdir())
+        assert saved == ["bricks-32-reference.png", "bricks-32-texsynth.png"], (run, saved)
+        assert Image.open(images / "bricks-32-reference.png").size == (32, 32)
+    first = Image.open(tmp_path / "first" / "bricks-32-reference.png").tobytes()
+    assert Image.open(tmp_path / "cached" / "bricks-32-reference.png").tobytes() == first
+
+
 def test_quality_speed_cache_is_keyed_by_the_recipe(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     import argparse
