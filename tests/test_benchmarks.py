@@ -24,6 +24,14 @@ def _run(script: str, *args: str) -> str:
     return done.stdout
 
 
+def _bricks_folder(tmp_path: Path) -> Path:
+    """A textures folder holding one small exemplar, ``bricks.png``, as the scripts expect."""
+    textures = tmp_path / "textures"
+    textures.mkdir()
+    save_image(load_example("bricks", size=48), textures / "bricks.png")
+    return textures
+
+
 def test_speed_prints_the_floor_ratio():
     out = _run("speed.py", "--exemplar", "bricks", "--size", "32", "--recipe", "weight_free", "--repeats", "1",
                "--evals", "1")
@@ -61,9 +69,7 @@ def test_memory_prints_peak_growth_and_estimate():
 
 
 def test_quality_speed_scores_both_recipes(tmp_path):
-    textures = tmp_path / "textures"
-    textures.mkdir()
-    save_image(load_example("bricks", size=48), textures / "bricks.png")
+    textures = _bricks_folder(tmp_path)
     out = _run("quality_speed.py", "--textures", str(textures), "--size", "32", "--reference-steps", "2",
                "--steps", "1", "--every", "1", "--json", str(tmp_path / "qs.json"),
                "--reference-cache", str(tmp_path / "cache"))
@@ -77,9 +83,7 @@ def test_quality_speed_scores_both_recipes(tmp_path):
 def test_quality_speed_saves_the_reference_image_also_from_its_cache(tmp_path):
     from PIL import Image
 
-    textures = tmp_path / "textures"
-    textures.mkdir()
-    save_image(load_example("bricks", size=48), textures / "bricks.png")
+    textures = _bricks_folder(tmp_path)
     common = ("--textures", str(textures), "--size", "32", "--reference-steps", "1", "--steps", "1",
               "--every", "1", "--reference-cache", str(tmp_path / "cache"))
     for run in ("first", "cached"):
@@ -112,9 +116,7 @@ def test_quality_speed_cache_is_keyed_by_the_recipe(tmp_path, monkeypatch):
 
 
 def test_quality_runs_from_a_first_seed_and_quality_table_takes_the_median_over_seeds(tmp_path):
-    textures = tmp_path / "textures"
-    textures.mkdir()
-    save_image(load_example("bricks", size=48), textures / "bricks.png")
+    textures = _bricks_folder(tmp_path)
     runs = []
     for seed in (0, 1, 2):
         runs.append(tmp_path / f"seed{seed}.json")
