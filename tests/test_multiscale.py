@@ -252,3 +252,86 @@ def test_coarse_layers_come_from_the_preset_unless_given_and_bad_values_are_refu
     with pytest.raises(SystemExit) as exit_info:
         main(["synthesize", str(tmp_path / "ex.png"), "-o", str(out), "--coarse-layers", "deep"])
     assert exit_info.value.code == 2 and "invalid choice: 'deep'" in capsys.readouterr().err
+
+
+def test_several_coarse_starts_go_on_from_the_lowest_loss_per_variation(exemplar):
+    options = {**TINY_BACKBONE, "lbfgs": {"max_iter": 2}, "variations": 2}
+    module = TextureSynthesis(exemplar, size=32, seed=3, **options)
+    runs = []
+
+    def run(stage, steps):
+        runs.append((stage.output_size, stage.seed))
+        fit(stage, steps, logdir=False, progress_bar=False, quiet=True, accelerator="cpu")
+
+    stages = coarse_to_fine_start(module, 2, 1, run, dict(options), starts=3)
+    # three starts at 1/4 (the first from the run's own seed, as a plain run would), then one stage at 1/2
+    assert [size for size, _ in runs] == [(8, 8)] * 3 + [(16, 16)]
+    assert runs[0][1] == 3 and len({seed for _, seed in runs[:3]}) == 3
+    assert len(stages) == 2
+    # redo the three starts and check that each variation went on from its own best one
+    candidates = [TextureSynthesis(F.interpolate(module.exemplar.cpu(), size=(8, 8), mode="bicubic", antialias=True,
+                                                 align_corners=False).clamp(0, 1),
+                                   size=8, exemplar_size=(8, 8), seed=seed, **options)
+                  for _, seed in runs[:3]]
+    for candidate in candidates:
+        fit(candidate, 1, logdir=False, progress_bar=False, quiet=True, accelerator="cpu")
+    with torch.no_grad():
+        losses = torch.tensor([[float(c.compute_losses(c.image[i:i + 1])["total"]) for i in range(2)]
+                               for c in candidates])
+    assert len(set(losses.flatten().tolist())) == 6
+    chosen = losses.argmin(dim=0)
+    expected = torch.stack([candidates[k].outputs()[i] for i, k in enumerate(chosen.tolist())])
+    second_stage_start = F.interpolate(expected, size=(16, 16), mode="bicubic", align_corners=False)
+    fresh = TextureSynthesis(F.interpolate(module.exemplar.cpu(), size=(16, 16), mode="bicubic", antialias=True,
+                                           align_corners=False).clamp(0, 1),
+                             size=16, exemplar_size=(16, 16), seed=3, **options)
+    fresh.reset_image(second_stage_start)
+    assert stages[-1].num_evals > 0
+    assert stages[0].seed == runs[int(losses.sum(dim=1).argmin())][1]  # the start with the lowest total
+    # the stage at 1/2 started from the chosen images: refit it the same way and compare
+    fit(fresh, 1, logdir=False, progress_bar=False, quiet=True, accelerator="cpu")
+    torch.testing.assert_close(stages[-1].outputs(), fresh.outputs())
+
+
+def test_one_coarse_start_is_the_plain_run(exemplar):
+    options = {**TINY_BACKBONE, "lbfgs": {"max_iter": 2}}
+    plain = synthesize(exemplar, steps=1, size=32, seed=0, coarse_levels=1, coarse_steps=1, accelerator="cpu", **options)
+    one = synthesize(exemplar, steps=1, size=32, seed=0, coarse_levels=1, coarse_steps=1, coarse_starts=1,
+                     accelerator="cpu", **options)
+    torch.testing.assert_close(plain.image, one.image)
+    assert one.coarse.starts == 1
+
+
+def test_coarse_starts_are_checked_and_recorded(exemplar, tmp_path, capsys):
+    from texsynth.cli import main
+    from texsynth.config import read_config
+    from texsynth.image_io import save_image
+
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(InvalidArgumentError, match="coarse starts must be a positive integer"):
+            synthesize(exemplar, steps=1, size=32, seed=0, coarse_levels=1, coarse_starts=bad, **TINY_BACKBONE)
+    with pytest.raises(InvalidArgumentError, match=r"coarse starts \(2\) need a coarse stage"):
+        synthesize(exemplar, steps=1, size=32, seed=0, coarse_levels=0, coarse_starts=2, **TINY_BACKBONE)
+    save_image(exemplar[0], tmp_path / "ex.png")
+    config = tmp_path / "tiny.yaml"
+    config.write_text("backbone: random_multiscale\nbackbone_options: {kernel_sizes: [3, 5], filters: 8}\n")
+    out = tmp_path / "out.png"
+    assert main(["synthesize", str(tmp_path / "ex.png"), "-o", str(out), "--config", str(config), "--steps", "1",
+                 "--max-iter", "2", "--coarse-levels", "1", "--coarse-steps", "1", "--coarse-starts", "2",
+                 "--no-log", "--no-progress", "--seed", "0"]) == 0
+    assert read_config(tmp_path / "out.texsynth.yaml")["coarse_starts"] == 2
+    assert main(["synthesize", str(tmp_path / "ex.png"), "-o", str(out), "--coarse-starts", "0"]) == 2
+    assert "--coarse-starts must be a positive integer" in capsys.readouterr().err
+
+
+def test_each_variation_goes_on_from_the_start_where_its_loss_is_lowest(exemplar):
+    from texsynth.multiscale import best_per_variation, variation_losses
+
+    first, second = (TextureSynthesis(exemplar, size=32, seed=seed, variations=2, **TINY_BACKBONE) for seed in (0, 1))
+    # the exemplar itself matches every statistic: variation 0 is best in the first start, 1 in the second
+    first.reset_image(torch.stack([exemplar[0], first.outputs()[1]]))
+    second.reset_image(torch.stack([second.outputs()[0], exemplar[0]]))
+    losses = [variation_losses(first), variation_losses(second)]
+    assert losses[0][0] < losses[1][0] and losses[1][1] < losses[0][1]
+    image = best_per_variation(losses, [first.outputs(), second.outputs()])
+    torch.testing.assert_close(image, torch.cat([exemplar, exemplar]))

@@ -18,7 +18,8 @@ from texsynth.checkpointing import SaveAndInterrupt
 from texsynth.errors import CheckpointError, InvalidArgumentError
 from texsynth.image_io import ImageSource, save_image, to_pil
 from texsynth.module import TextureSynthesis
-from texsynth.multiscale import CoarseSchedule, coarse_to_fine_start, require_coarse_layers, require_coarse_steps
+from texsynth.multiscale import (CoarseSchedule, coarse_to_fine_start, require_coarse_layers, require_coarse_starts,
+                                 require_coarse_steps)
 from texsynth.presets import DEFAULT_STEPS
 from texsynth.trainer import DEFAULT_LOGDIR, make_trainer
 
@@ -129,6 +130,7 @@ def synthesize(
     coarse_levels: int | None = None,
     coarse_steps: int | None = None,
     coarse_layers: str | None = None,
+    coarse_starts: int | None = None,
     stop_when_stalled: float | None = None,
     max_copy_score: float | None = None,
     callbacks: Sequence[Any] = (),
@@ -141,7 +143,8 @@ def synthesize(
     ``coarse_levels`` coarser stages (1/2^k of the size, ``coarse_steps`` steps each, else
     ``steps``) run first and start the full-size optimization (:mod:`texsynth.multiscale`),
     matching every layer or, with ``coarse_layers="matched"``, only those whose receptive field
-    the full size has; all three default to the preset's.
+    the full size has; with ``coarse_starts=n`` the coarsest stage runs from ``n`` noise images
+    and each output goes on from the one whose loss ends lowest; all four default to the preset's.
     Other keyword options go to :class:`TextureSynthesis` (``exemplar_size``, ``init``,
     ``lbfgs``, …). ``stop_when_stalled=f`` ends the full-size run early once the loss
     improves by less than the fraction ``f`` per step for two steps in a row
@@ -156,9 +159,12 @@ def synthesize(
     callbacks = [*callbacks, *stopping_callbacks(stop_when_stalled, max_copy_score)]
     require_coarse_steps(coarse_steps)
     require_coarse_layers(coarse_layers)
+    require_coarse_starts(coarse_starts)
     recipe_options = dict(backbone=backbone, weights=weights, losses=losses, preset=preset, **module_options)
     module = TextureSynthesis(exemplar, size=size, seed=seed, **recipe_options)
-    coarse = CoarseSchedule.resolve(module.preset, coarse_levels, coarse_steps, coarse_layers)
+    coarse = CoarseSchedule.resolve(module.preset, coarse_levels, coarse_steps, coarse_layers, coarse_starts)
+    if coarse_starts is not None and coarse_starts > 1 and not coarse.levels:
+        raise InvalidArgumentError(f"coarse starts ({coarse_starts}) need a coarse stage; set coarse levels >= 1")
     trainer_options = dict(quiet=quiet, accelerator=accelerator, devices=devices, precision=precision,
                            matmul_precision=matmul_precision, deterministic_on_gpu=deterministic_on_gpu,
                            progress_bar=progress_bar)
@@ -170,7 +176,7 @@ def synthesize(
             coarse_seconds += fit(stage, stage_steps, logdir=False, **trainer_options)[0]
 
         coarse_to_fine_start(module, coarse.levels, coarse.steps_per_stage(steps), run_stage, recipe_options,
-                             layers=coarse.layers)
+                             layers=coarse.layers, starts=coarse.starts)
     seconds, log_dir = fit(
         module, steps, logdir=logdir, log_images_every=log_images_every,
         checkpoint=checkpoint, checkpoint_every=checkpoint_every, image_path=image_path, resume=resume,

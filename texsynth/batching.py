@@ -32,7 +32,7 @@ from texsynth._logging import log
 from texsynth.callbacks import MatmulPrecision, stopping_callbacks
 from texsynth.errors import CheckpointError, InvalidArgumentError, TexsynthError
 from texsynth.manifest import DONE, FAILED, INTERRUPTED, MANIFEST_NAME, Manifest
-from texsynth.multiscale import require_coarse_layers, require_coarse_steps
+from texsynth.multiscale import require_coarse_layers, require_coarse_starts, require_coarse_steps
 from texsynth.presets import DEFAULT_STEPS
 from texsynth.recipe import default_preset_name
 from texsynth.trainer import lightning_settings
@@ -245,6 +245,7 @@ def batch(
     stopping_callbacks(module_options.get("stop_when_stalled"), module_options.get("max_copy_score"))
     require_coarse_steps(module_options.get("coarse_steps"))
     require_coarse_layers(module_options.get("coarse_layers"))
+    require_coarse_starts(module_options.get("coarse_starts"))
     if module_options.get("matmul_precision") is not None:
         MatmulPrecision(module_options["matmul_precision"])
     find_exemplars(source, exclude=out)  # fail before launching processes

@@ -106,6 +106,9 @@ def _add_synthesis_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--coarse-layers", choices=COARSE_LAYERS,
                          help="layers the coarse stages match: all, or matched (only those whose receptive "
                               "field, scaled to the output, the full size has; default: the preset's)")
+    command.add_argument("--coarse-starts", type=int, metavar="N",
+                         help="run the coarsest stage from N noise images and go on from the one whose loss "
+                              "ends lowest (fewer runs stuck in a poor layout; costs N-1 extra coarse stages)")
     command.add_argument("--stop-when-stalled", type=float, metavar="FRACTION",
                          help="stop before --steps once the loss improves by less than FRACTION per step, "
                               "two steps in a row (e.g. 0.01)")
@@ -194,6 +197,8 @@ def _recipe_options(args: argparse.Namespace) -> dict[str, object]:
         raise InvalidArgumentError(f"--coarse-levels must be >= 0, got {args.coarse_levels}")
     if args.coarse_steps is not None:
         _check_positive("--coarse-steps", args.coarse_steps)
+    if args.coarse_starts is not None:
+        _check_positive("--coarse-starts", args.coarse_starts)
     if args.stop_when_stalled is not None:
         require_open_fraction(args.stop_when_stalled, "--stop-when-stalled must be a fraction in (0, 1)")
     if args.max_copy_score is not None:
@@ -216,6 +221,7 @@ def _recipe_options(args: argparse.Namespace) -> dict[str, object]:
         "coarse_levels": args.coarse_levels,
         "coarse_steps": args.coarse_steps,
         "coarse_layers": args.coarse_layers,
+        "coarse_starts": args.coarse_starts,
         "stop_when_stalled": args.stop_when_stalled,
         "matmul_precision": args.matmul_precision,
         "max_copy_score": args.max_copy_score,
@@ -262,6 +268,7 @@ def _synthesize(args: argparse.Namespace) -> int:
     config["coarse_levels"] = result.coarse.levels
     config["coarse_steps"] = result.coarse.steps
     config["coarse_layers"] = result.coarse.layers
+    config["coarse_starts"] = result.coarse.starts
     config["stop_when_stalled"] = args.stop_when_stalled
     config["matmul_precision"] = args.matmul_precision
     config["max_copy_score"] = args.max_copy_score

@@ -15,10 +15,16 @@ layers whose window, so scaled, is no wider than the widest that loss uses at fu
 backbone's ``receptive_field``): the stage forms the full size's large structure at a quarter
 of the cost without adding larger-scale constraints (benchmarks/README.md, "Matched coarse
 stages").
+
+Several starts (``starts``): the coarsest stage is run from that many noise images and each
+output continues from the one whose loss ends lowest. Which basin a run settles in is decided
+early, and the coarse stage's loss predicts it at a fraction of a full-size step's cost
+(benchmarks/README.md, "Several starts").
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +48,12 @@ def require_coarse_steps(value: Any) -> None:
         raise InvalidArgumentError(f"coarse steps must be a positive integer, got {value!r}")
 
 
+def require_coarse_starts(value: Any) -> None:
+    """The number of coarse starts must be a positive integer (``None``: the preset's)."""
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+        raise InvalidArgumentError(f"coarse starts must be a positive integer, got {value!r}")
+
+
 def require_coarse_layers(value: Any) -> None:
     if value is not None and value not in COARSE_LAYERS:
         raise InvalidArgumentError(f"coarse layers must be one of {', '.join(COARSE_LAYERS)}, got {value!r}")
@@ -58,16 +70,19 @@ class CoarseSchedule:
     levels: int
     steps: int | None  # None: as many as the full-size run
     layers: str
+    starts: int = 1  # noise images the coarsest stage is run from (the best one continues)
 
     @classmethod
     def resolve(cls, preset: Any, levels: int | None = None, steps: int | None = None,
-                layers: str | None = None) -> CoarseSchedule:
+                layers: str | None = None, starts: int | None = None) -> CoarseSchedule:
         """``preset``'s schedule with the given (not None) settings in place of its own."""
         require_coarse_steps(steps)
         require_coarse_layers(layers)
+        require_coarse_starts(starts)
         return cls(levels=preset.coarse_levels if levels is None else levels,
                    steps=preset.coarse_steps if steps is None else steps,
-                   layers=preset.coarse_layers if layers is None else layers)
+                   layers=preset.coarse_layers if layers is None else layers,
+                   starts=preset.coarse_starts if starts is None else starts)
 
     def steps_per_stage(self, full_steps: int) -> int:
         return full_steps if self.steps is None else self.steps
@@ -107,19 +122,23 @@ def coarse_to_fine_start(
     run: Callable[[Any, int], None],
     module_options: dict[str, Any],
     layers: str = "all",
+    starts: int = 1,
 ) -> list[Any]:
     """Run ``levels`` coarser stages for ``module`` and start it from their result.
 
     ``run(stage, steps)`` fits one stage (the caller's Trainer settings); ``module_options``
     are the keyword options ``module`` was built with; ``layers`` is one of
-    :data:`COARSE_LAYERS` (module docstring). Stages too small for the backbone are skipped.
-    Returns the stage modules, coarsest first.
+    :data:`COARSE_LAYERS` (module docstring); the coarsest stage is run from ``starts``
+    noise images (:func:`start_seed`), and each variation goes on from the one whose loss
+    ended lowest. Stages too small for the backbone are skipped.
+    Returns the stage modules, coarsest first (of the starts, the one with the lowest loss).
     """
     from texsynth.module import TextureSynthesis
 
     if not isinstance(levels, int) or isinstance(levels, bool) or levels < 0:
         raise InvalidArgumentError(f"coarse levels must be a non-negative integer, got {levels!r}")
     require_coarse_layers(layers)
+    require_coarse_starts(starts)
     options = {k: v for k, v in module_options.items() if k not in ("size", "exemplar_size", "init", "seed")}
     options["preset"] = module.preset  # resolved once (and reported once)
     height, width = module.output_size
@@ -140,6 +159,7 @@ def coarse_to_fine_start(
                          "the 1/%d stage keeps every layer", factor)
             else:
                 stage_options["losses"] = losses
+        first = image is None
         try:
             stage = TextureSynthesis(exemplar, size=size, exemplar_size=ex_size, seed=module.seed,
                                      init=module.init_kind, **stage_options)
@@ -148,11 +168,55 @@ def coarse_to_fine_start(
                 raise
             log.info("coarse-to-fine: skipping 1/%d scale (%dx%d): too small for the backbone", factor, *size[::-1])
             continue
-        if image is not None:
-            stage.reset_image(image)
-        run(stage, steps)
-        image = stage.outputs()
+        if first and starts > 1:
+            stage, image = _best_of_starts(stage, starts, steps, run, lambda index: TextureSynthesis(
+                exemplar, size=size, exemplar_size=ex_size, seed=start_seed(module.seed, index),
+                init=module.init_kind, **stage_options))
+        else:
+            if image is not None:
+                stage.reset_image(image)
+            run(stage, steps)
+            image = stage.outputs()
         stages.append(stage)
     if image is not None:
         module.reset_image(image)
     return stages
+
+
+def start_seed(seed: int, index: int) -> int:
+    """Seed of the coarsest stage's ``index``-th start: 0 is ``seed`` itself (one start is
+    the plain run); the others are spread far apart, so that neighbouring seeds' runs do not
+    share starts."""
+    return (seed + index * 2_654_435_761) % 2**31
+
+
+def variation_losses(stage: Any) -> torch.Tensor:
+    """``stage``'s total loss for each of its variations (losses treat them independently)."""
+    with torch.no_grad():
+        return torch.tensor([float(stage.compute_losses(stage.image[i:i + 1])["total"])
+                             for i in range(stage.variations)])
+
+
+def best_per_variation(losses: list[torch.Tensor], images: list[torch.Tensor]) -> torch.Tensor:
+    """For each variation, its image from the start whose loss for it is lowest."""
+    chosen = torch.stack(losses).argmin(dim=0).tolist()
+    log.info("coarse-to-fine: start losses %s; chosen per variation %s",
+             [[f"{value:.3g}" for value in row.tolist()] for row in losses], chosen)
+    return torch.stack([images[start][variation] for variation, start in enumerate(chosen)])
+
+
+def _best_of_starts(first: Any, starts: int, steps: int, run: Callable[[Any, int], None],
+                    make_start: Callable[[int], Any]) -> tuple[Any, torch.Tensor]:
+    """Run ``first`` and ``starts - 1`` more starts one after another, keeping only their
+    images and losses (a stage's L-BFGS history can hold gigabytes); return the start with the
+    lowest total loss and the best image per variation."""
+    losses, images = [], []
+    best, best_total = first, math.inf
+    for index in range(starts):
+        candidate = first if index == 0 else make_start(index)
+        run(candidate, steps)
+        losses.append(variation_losses(candidate))
+        images.append(candidate.outputs())
+        if float(losses[-1].sum()) < best_total:
+            best, best_total = candidate, float(losses[-1].sum())
+    return best, best_per_variation(losses, images)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from texsynth._registry import Registry
-from texsynth.multiscale import require_coarse_layers, require_coarse_steps
+from texsynth.multiscale import require_coarse_layers, require_coarse_starts, require_coarse_steps
 
 LBFGS_DEFAULTS: dict[str, Any] = {
     "lr": 1.0,
@@ -51,10 +51,14 @@ class Preset:
     #: which layers the coarse stages match: "all", or "matched" (those whose receptive field,
     #: scaled to the output, the full size has; see texsynth.multiscale)
     coarse_layers: str = "all"
+    #: noise images the coarsest stage is run from; each output goes on from the one whose
+    #: loss ends lowest (1: a plain run; see texsynth.multiscale)
+    coarse_starts: int = 1
 
     def __post_init__(self) -> None:
         require_coarse_steps(self.coarse_steps)
         require_coarse_layers(self.coarse_layers)
+        require_coarse_starts(self.coarse_starts)
 
     def loss_options(self) -> dict[str, dict[str, Any]]:
         return copy.deepcopy(self.losses)
