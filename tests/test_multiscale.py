@@ -141,7 +141,8 @@ def test_a_presets_coarse_steps_apply_unless_overridden(exemplar, monkeypatch):
         Preset(name="bad", description="", backbone="vgg19", coarse_steps=0)
 
 
-def test_the_cli_takes_and_records_coarse_steps(exemplar, tmp_path, capsys):
+def _tiny_cli_run(exemplar, tmp_path, *options: str) -> dict:
+    """``texsynth synthesize`` with a tiny backbone, 1 step at 32x32 and ``options``; the run's YAML."""
     from texsynth.cli import main
     from texsynth.config import read_config
     from texsynth.image_io import save_image
@@ -149,11 +150,16 @@ def test_the_cli_takes_and_records_coarse_steps(exemplar, tmp_path, capsys):
     save_image(exemplar[0], tmp_path / "ex.png")
     config = tmp_path / "tiny.yaml"
     config.write_text("backbone: random_multiscale\nbackbone_options: {kernel_sizes: [3, 5], filters: 8}\n")
+    assert main(["synthesize", str(tmp_path / "ex.png"), "-o", str(tmp_path / "out.png"), "--config", str(config),
+                 "--steps", "1", "--max-iter", "2", "--no-log", "--no-progress", "--seed", "0", *options]) == 0
+    return read_config(tmp_path / "out.texsynth.yaml")
+
+
+def test_the_cli_takes_and_records_coarse_steps(exemplar, tmp_path, capsys):
+    from texsynth.cli import main
+
+    assert _tiny_cli_run(exemplar, tmp_path, "--coarse-levels", "1", "--coarse-steps", "2")["coarse_steps"] == 2
     out = tmp_path / "out.png"
-    assert main(["synthesize", str(tmp_path / "ex.png"), "-o", str(out), "--config", str(config), "--steps", "1",
-                 "--max-iter", "2", "--coarse-levels", "1", "--coarse-steps", "2", "--no-log", "--no-progress",
-                 "--seed", "0"]) == 0
-    assert read_config(tmp_path / "out.texsynth.yaml")["coarse_steps"] == 2
     assert main(["synthesize", str(tmp_path / "ex.png"), "-o", str(out), "--coarse-steps", "0"]) == 2
     assert "--coarse-steps must be" in capsys.readouterr().err
 
@@ -267,28 +273,27 @@ def test_several_coarse_starts_go_on_from_the_lowest_loss_per_variation(exemplar
     # three starts at 1/4 (the first from the run's own seed, as a plain run would), then one stage at 1/2
     assert [size for size, _ in runs] == [(8, 8)] * 3 + [(16, 16)]
     assert runs[0][1] == 3 and len({seed for _, seed in runs[:3]}) == 3
-    assert len(stages) == 2
+    assert len(stages) == 2 and stages[-1].num_evals > 0
+
+    def stage_at(side, seed):
+        exemplar_there = F.interpolate(module.exemplar.cpu(), size=(side, side), mode="bicubic", antialias=True,
+                                       align_corners=False).clamp(0, 1)
+        return TextureSynthesis(exemplar_there, size=side, exemplar_size=(side, side), seed=seed, **options)
+
     # redo the three starts and check that each variation went on from its own best one
-    candidates = [TextureSynthesis(F.interpolate(module.exemplar.cpu(), size=(8, 8), mode="bicubic", antialias=True,
-                                                 align_corners=False).clamp(0, 1),
-                                   size=8, exemplar_size=(8, 8), seed=seed, **options)
-                  for _, seed in runs[:3]]
+    candidates = [stage_at(8, seed) for _, seed in runs[:3]]
     for candidate in candidates:
         fit(candidate, 1, logdir=False, progress_bar=False, quiet=True, accelerator="cpu")
     with torch.no_grad():
         losses = torch.tensor([[float(c.compute_losses(c.image[i:i + 1])["total"]) for i in range(2)]
                                for c in candidates])
     assert len(set(losses.flatten().tolist())) == 6
-    chosen = losses.argmin(dim=0)
-    expected = torch.stack([candidates[k].outputs()[i] for i, k in enumerate(chosen.tolist())])
-    second_stage_start = F.interpolate(expected, size=(16, 16), mode="bicubic", align_corners=False)
-    fresh = TextureSynthesis(F.interpolate(module.exemplar.cpu(), size=(16, 16), mode="bicubic", antialias=True,
-                                           align_corners=False).clamp(0, 1),
-                             size=16, exemplar_size=(16, 16), seed=3, **options)
-    fresh.reset_image(second_stage_start)
-    assert stages[-1].num_evals > 0
     assert stages[0].seed == runs[int(losses.sum(dim=1).argmin())][1]  # the start with the lowest total
+    chosen = losses.argmin(dim=0).tolist()
+    expected = torch.stack([candidates[k].outputs()[i] for i, k in enumerate(chosen)])
     # the stage at 1/2 started from the chosen images: refit it the same way and compare
+    fresh = stage_at(16, 3)
+    fresh.reset_image(F.interpolate(expected, size=(16, 16), mode="bicubic", align_corners=False))
     fit(fresh, 1, logdir=False, progress_bar=False, quiet=True, accelerator="cpu")
     torch.testing.assert_close(stages[-1].outputs(), fresh.outputs())
 
@@ -304,23 +309,15 @@ def test_one_coarse_start_is_the_plain_run(exemplar):
 
 def test_coarse_starts_are_checked_and_recorded(exemplar, tmp_path, capsys):
     from texsynth.cli import main
-    from texsynth.config import read_config
-    from texsynth.image_io import save_image
 
     for bad in (0, -1, 1.5, True):
         with pytest.raises(InvalidArgumentError, match="coarse starts must be a positive integer"):
             synthesize(exemplar, steps=1, size=32, seed=0, coarse_levels=1, coarse_starts=bad, **TINY_BACKBONE)
     with pytest.raises(InvalidArgumentError, match=r"coarse starts \(2\) need a coarse stage"):
         synthesize(exemplar, steps=1, size=32, seed=0, coarse_levels=0, coarse_starts=2, **TINY_BACKBONE)
-    save_image(exemplar[0], tmp_path / "ex.png")
-    config = tmp_path / "tiny.yaml"
-    config.write_text("backbone: random_multiscale\nbackbone_options: {kernel_sizes: [3, 5], filters: 8}\n")
-    out = tmp_path / "out.png"
-    assert main(["synthesize", str(tmp_path / "ex.png"), "-o", str(out), "--config", str(config), "--steps", "1",
-                 "--max-iter", "2", "--coarse-levels", "1", "--coarse-steps", "1", "--coarse-starts", "2",
-                 "--no-log", "--no-progress", "--seed", "0"]) == 0
-    assert read_config(tmp_path / "out.texsynth.yaml")["coarse_starts"] == 2
-    assert main(["synthesize", str(tmp_path / "ex.png"), "-o", str(out), "--coarse-starts", "0"]) == 2
+    config = _tiny_cli_run(exemplar, tmp_path, "--coarse-levels", "1", "--coarse-steps", "1", "--coarse-starts", "2")
+    assert config["coarse_starts"] == 2
+    assert main(["synthesize", str(tmp_path / "ex.png"), "-o", str(tmp_path / "out.png"), "--coarse-starts", "0"]) == 2
     assert "--coarse-starts must be a positive integer" in capsys.readouterr().err
 
 

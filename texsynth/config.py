@@ -22,8 +22,8 @@ CONFIG_KEYS = frozenset({
     "exemplar", "output", "size", "exemplar_size", "steps", "preset", "backbone",
     "backbone_options", "weights", "losses", "init", "seed", "variations", "tile", "lbfgs",
     "logdir", "no_log", "log_images_every", "accelerator", "precision", "imports",
-    "checkpoint", "checkpoint_every", "coarse_levels", "coarse_steps", "coarse_layers", "coarse_starts", "stop_when_stalled",
-    "matmul_precision", "max_copy_score", "deterministic_on_gpu",
+    "checkpoint", "checkpoint_every", "coarse_levels", "coarse_steps", "coarse_layers", "coarse_starts",
+    "stop_when_stalled", "matmul_precision", "max_copy_score", "deterministic_on_gpu",
 })
 
 

@@ -42,16 +42,19 @@ from texsynth.losses.layered import LayeredLoss
 COARSE_LAYERS = ("all", "matched")
 
 
+def _require_positive_count(value: Any, what: str) -> None:
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+        raise InvalidArgumentError(f"{what} must be a positive integer, got {value!r}")
+
+
 def require_coarse_steps(value: Any) -> None:
     """Coarse stages' step budget must be a positive integer (``None``: the run's steps)."""
-    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-        raise InvalidArgumentError(f"coarse steps must be a positive integer, got {value!r}")
+    _require_positive_count(value, "coarse steps")
 
 
 def require_coarse_starts(value: Any) -> None:
     """The number of coarse starts must be a positive integer (``None``: the preset's)."""
-    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-        raise InvalidArgumentError(f"coarse starts must be a positive integer, got {value!r}")
+    _require_positive_count(value, "coarse starts")
 
 
 def require_coarse_layers(value: Any) -> None:
@@ -160,18 +163,21 @@ def coarse_to_fine_start(
             else:
                 stage_options["losses"] = losses
         first = image is None
+
+        def new_stage(seed: int) -> Any:
+            return TextureSynthesis(exemplar, size=size, exemplar_size=ex_size, seed=seed,
+                                    init=module.init_kind, **stage_options)
+
         try:
-            stage = TextureSynthesis(exemplar, size=size, exemplar_size=ex_size, seed=module.seed,
-                                     init=module.init_kind, **stage_options)
+            stage = new_stage(module.seed)
         except InvalidArgumentError as error:
             if "too small" not in str(error):
                 raise
             log.info("coarse-to-fine: skipping 1/%d scale (%dx%d): too small for the backbone", factor, *size[::-1])
             continue
         if first and starts > 1:
-            stage, image = _best_of_starts(stage, starts, steps, run, lambda index: TextureSynthesis(
-                exemplar, size=size, exemplar_size=ex_size, seed=start_seed(module.seed, index),
-                init=module.init_kind, **stage_options))
+            stage, image = _best_of_starts(stage, starts, steps, run,
+                                           lambda index: new_stage(start_seed(module.seed, index)))
         else:
             if image is not None:
                 stage.reset_image(image)
@@ -217,6 +223,7 @@ def _best_of_starts(first: Any, starts: int, steps: int, run: Callable[[Any, int
         run(candidate, steps)
         losses.append(variation_losses(candidate))
         images.append(candidate.outputs())
-        if float(losses[-1].sum()) < best_total:
-            best, best_total = candidate, float(losses[-1].sum())
+        total = float(losses[-1].sum())
+        if total < best_total:
+            best, best_total = candidate, total
     return best, best_per_variation(losses, images)
