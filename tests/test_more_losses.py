@@ -1,11 +1,13 @@
-"""The math of the sliced Wasserstein, mean/covariance, histogram and total variation losses."""
+"""The math of the sliced Wasserstein, mean/covariance, histogram, colour distribution and total variation losses."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from texsynth.errors import InvalidArgumentError
 from texsynth.losses import (
+    ColorDistributionLoss,
     HistogramLoss,
     MeanCovarianceLoss,
     SlicedWassersteinLoss,
@@ -15,6 +17,7 @@ from texsynth.losses import (
 from texsynth.losses.histogram import histogram_match
 from texsynth.losses.mean_covariance import mean_and_covariance, psd_sqrt
 from texsynth.losses.sliced_wasserstein import sliced_wasserstein
+from texsynth.metrics import color_distance
 
 
 def _permute_pixels(features: torch.Tensor, seed: int = 0) -> torch.Tensor:
@@ -115,3 +118,44 @@ def test_total_variation_values():
     regularizer.set_target(flat[:1], {}, (6, 6))
     noisy = torch.rand(1, 3, 6, 6)
     assert float(regularizer(noisy, {})) > float(regularizer(flat[:1], {}))
+
+
+def _color_loss(exemplar: torch.Tensor, output_size=None, **options) -> ColorDistributionLoss:
+    loss = ColorDistributionLoss(**options)
+    loss.set_target(exemplar, {}, output_size or tuple(exemplar.shape[-2:]))
+    return loss
+
+
+def test_color_distribution_sees_colours_not_their_places():
+    exemplar = torch.rand(1, 3, 8, 8)
+    loss = _color_loss(exemplar)
+    assert float(loss(_permute_pixels(exemplar), {})) < 1e-12
+    tiled = exemplar.repeat(1, 1, 2, 3)  # another size, the same distribution: compared by quantiles
+    assert float(loss(tiled, {})) < 1e-3
+    shifted = (exemplar + 0.1).clamp(0, 1)
+    assert float(loss(shifted, {})) > 1e-3
+    batch = torch.cat([_permute_pixels(exemplar), shifted])
+    torch.testing.assert_close(loss(batch, {}), loss(shifted, {}))  # samples add up independently
+
+
+def test_color_distribution_gradient_descent_matches_the_colour_distance():
+    torch.manual_seed(0)
+    exemplar = torch.rand(1, 3, 16, 16) * torch.tensor([1.0, 0.5, 0.2]).view(1, 3, 1, 1)  # orange-ish
+    image = torch.full((1, 3, 16, 16), 0.5, requires_grad=True)
+    loss = _color_loss(exemplar)
+    before = float(color_distance(image.detach(), exemplar))
+    optimizer = torch.optim.Adam([image], lr=0.02)
+    for _ in range(100):
+        optimizer.zero_grad()
+        value = loss(image, {})
+        value.backward()
+        optimizer.step()
+    assert float(color_distance(image.detach(), exemplar)) < 0.2 * before
+
+
+def test_color_distribution_same_directions_for_a_seed_and_bad_counts_rejected():
+    exemplar, image = torch.rand(1, 3, 6, 6), torch.rand(1, 3, 6, 6)
+    assert float(_color_loss(exemplar, seed=1)(image, {})) == float(_color_loss(exemplar, seed=1)(image, {}))
+    assert float(_color_loss(exemplar, seed=1)(image, {})) != float(_color_loss(exemplar, seed=2)(image, {}))
+    with pytest.raises(InvalidArgumentError, match="num_directions"):
+        ColorDistributionLoss(num_directions=0)

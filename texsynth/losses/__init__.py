@@ -19,6 +19,7 @@ from texsynth.losses.registry import LOSSES, create_loss, list_losses, register_
 # Built-ins register themselves on import.
 from texsynth.losses import (  # noqa: E402,F401  isort: skip
     chroma_spectrum,
+    color_distribution,
     gram,
     histogram,
     mean_covariance,
@@ -27,6 +28,7 @@ from texsynth.losses import (  # noqa: E402,F401  isort: skip
     total_variation,
 )
 from texsynth.losses.chroma_spectrum import ChromaSpectrumLoss  # noqa: E402
+from texsynth.losses.color_distribution import ColorDistributionLoss  # noqa: E402
 from texsynth.losses.gram import GramLoss, gram_matrix  # noqa: E402
 from texsynth.losses.histogram import HistogramLoss  # noqa: E402
 from texsynth.losses.layered import LayeredLoss  # noqa: E402
@@ -38,6 +40,7 @@ from texsynth.losses.total_variation import TotalVariationLoss, total_variation 
 __all__ = [
     "LOSSES",
     "ChromaSpectrumLoss",
+    "ColorDistributionLoss",
     "GramLoss",
     "HistogramLoss",
     "LayeredLoss",
