@@ -120,9 +120,9 @@ def test_total_variation_values():
     assert float(regularizer(noisy, {})) > float(regularizer(flat[:1], {}))
 
 
-def _color_loss(exemplar: torch.Tensor, output_size=None, **options) -> ColorDistributionLoss:
+def _color_loss(exemplar: torch.Tensor, **options) -> ColorDistributionLoss:
     loss = ColorDistributionLoss(**options)
-    loss.set_target(exemplar, {}, output_size or tuple(exemplar.shape[-2:]))
+    loss.set_target(exemplar, {}, tuple(exemplar.shape[-2:]))
     return loss
 
 

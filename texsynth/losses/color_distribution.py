@@ -16,16 +16,9 @@ from __future__ import annotations
 import torch
 
 from texsynth.errors import InvalidArgumentError
-from texsynth.losses.base import Features, TextureLoss, at_least_float32
+from texsynth.losses.base import Features, TextureLoss
 from texsynth.losses.registry import register_loss
-from texsynth.losses.sliced_wasserstein import match_length, sorted_projections
-
-
-def color_directions(count: int, seed: int = 0) -> torch.Tensor:
-    """``(3, count)`` unit directions in RGB space, the same for a given seed."""
-    generator = torch.Generator().manual_seed(seed)
-    directions = torch.randn(3, count, generator=generator)
-    return directions / directions.norm(dim=0, keepdim=True)
+from texsynth.losses.sliced_wasserstein import sorted_distance, sorted_projections, unit_directions
 
 
 @register_loss("color_distribution")
@@ -48,13 +41,12 @@ class ColorDistributionLoss(TextureLoss):
             )
         self.num_directions = num_directions
         self.seed = seed
-        self.register_buffer("directions", color_directions(num_directions, seed), persistent=False)
+        directions = unit_directions(3, num_directions, torch.Generator().manual_seed(seed))
+        self.register_buffer("directions", directions, persistent=False)
 
     def set_target(self, exemplar: torch.Tensor, features: Features, output_size: tuple[int, int]) -> None:
-        sorted_values = sorted_projections(at_least_float32(exemplar), self.directions.to(exemplar.device))
+        sorted_values = sorted_projections(exemplar, self.directions.to(exemplar.device))
         self.register_buffer("target", sorted_values, persistent=False)
 
     def forward(self, image: torch.Tensor, features: Features) -> torch.Tensor:
-        current = sorted_projections(image, self.directions)
-        target = match_length(self.target, current.shape[-1])
-        return (current - target).pow(2).mean(dim=(1, 2)).sum()
+        return sorted_distance(sorted_projections(image, self.directions), self.target)

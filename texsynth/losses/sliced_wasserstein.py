@@ -40,9 +40,20 @@ def sliced_wasserstein(
     features: torch.Tensor, target_features: torch.Tensor, directions: torch.Tensor
 ) -> torch.Tensor:
     """Mean squared difference of sorted projections, summed over the batch."""
-    current = sorted_projections(features, directions)
-    target = match_length(sorted_projections(target_features, directions), current.shape[-1])
+    return sorted_distance(sorted_projections(features, directions), sorted_projections(target_features, directions))
+
+
+def sorted_distance(current: torch.Tensor, sorted_target: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference of ``(B, D, N)`` sorted values and the target's (resampled to
+    ``N``), summed over the batch."""
+    target = match_length(sorted_target, current.shape[-1])
     return (current - target).pow(2).mean(dim=(1, 2)).sum()
+
+
+def unit_directions(channels: int, count: int, generator: torch.Generator) -> torch.Tensor:
+    """``(channels, count)`` random unit directions drawn from ``generator``."""
+    directions = torch.randn(channels, count, generator=generator)
+    return directions / directions.norm(dim=0, keepdim=True)
 
 
 @register_loss("sliced_wasserstein")
@@ -75,9 +86,7 @@ class SlicedWassersteinLoss(LayeredLoss):
     def directions(self, name: str, channels: int, device: torch.device) -> torch.Tensor:
         if not self.resample and name in self._fixed:
             return self._fixed[name].to(device)
-        count = self.num_directions or channels
-        directions = torch.randn(channels, count, generator=self._generator)
-        directions = directions / directions.norm(dim=0, keepdim=True)
+        directions = unit_directions(channels, self.num_directions or channels, self._generator)
         self._fixed[name] = directions
         return directions.to(device)
 
