@@ -58,6 +58,22 @@ def test_sliced_wasserstein_loss_reproducible_and_handles_other_sizes():
     assert float(fixed(larger, {"f": larger})) == float(fixed(larger, {"f": larger}))
 
 
+def test_sliced_wasserstein_with_fixed_directions_sorts_each_target_once(monkeypatch):
+    import texsynth.losses.sliced_wasserstein as module
+
+    target, other_target, features = torch.randn(1, 4, 8, 8), torch.randn(1, 4, 8, 8), torch.randn(1, 4, 6, 6)
+    calls = []
+    original = module.sorted_projections
+    monkeypatch.setattr(module, "sorted_projections", lambda x, d: calls.append(x.shape) or original(x, d))
+    loss = _bound(SlicedWassersteinLoss(layers=["f"], resample=False), target)
+    values = [loss(features, {"f": features}) for _ in range(3)]
+    assert (calls.count(target.shape), calls.count(features.shape)) == (1, 3)  # the target once
+    directions = loss.directions("f", 4, features.device)
+    torch.testing.assert_close(values[-1], sliced_wasserstein(features, target, directions))
+    _bound(loss, other_target)  # a new exemplar: sorted again
+    torch.testing.assert_close(loss(features, {"f": features}), sliced_wasserstein(features, other_target, directions))
+
+
 def test_mean_covariance_matches_the_closed_form_in_one_dimension():
     target = torch.randn(1, 1, 5, 5, dtype=torch.float64) * 2 + 1
     features = torch.randn(1, 1, 5, 5, dtype=torch.float64) * 0.5 - 1

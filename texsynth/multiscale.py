@@ -57,6 +57,12 @@ def require_coarse_starts(value: Any) -> None:
     _require_positive_count(value, "coarse starts")
 
 
+def require_starts_have_a_stage(starts: int | None, levels: int) -> None:
+    """Several starts are several runs of the coarsest stage: without one they cannot happen."""
+    if starts is not None and starts > 1 and not levels:
+        raise InvalidArgumentError(f"coarse starts ({starts}) need a coarse stage; set coarse levels >= 1")
+
+
 def require_coarse_layers(value: Any) -> None:
     if value is not None and value not in COARSE_LAYERS:
         raise InvalidArgumentError(f"coarse layers must be one of {', '.join(COARSE_LAYERS)}, got {value!r}")
@@ -78,14 +84,22 @@ class CoarseSchedule:
     @classmethod
     def resolve(cls, preset: Any, levels: int | None = None, steps: int | None = None,
                 layers: str | None = None, starts: int | None = None) -> CoarseSchedule:
-        """``preset``'s schedule with the given (not None) settings in place of its own."""
+        """``preset``'s schedule with the given (not None) settings in place of its own.
+
+        Several starts asked for without a coarse stage are refused; a preset's several starts
+        lapse to one when the call turns its coarse stage off, so the schedule says what runs.
+        """
         require_coarse_steps(steps)
         require_coarse_layers(layers)
         require_coarse_starts(starts)
-        return cls(levels=preset.coarse_levels if levels is None else levels,
+        levels = preset.coarse_levels if levels is None else levels
+        require_starts_have_a_stage(starts, levels)
+        if starts is None:
+            starts = preset.coarse_starts if levels else 1
+        return cls(levels=levels,
                    steps=preset.coarse_steps if steps is None else steps,
                    layers=preset.coarse_layers if layers is None else layers,
-                   starts=preset.coarse_starts if starts is None else starts)
+                   starts=starts)
 
     def steps_per_stage(self, full_steps: int) -> int:
         return full_steps if self.steps is None else self.steps

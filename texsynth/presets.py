@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from texsynth._registry import Registry
-from texsynth.multiscale import require_coarse_layers, require_coarse_starts, require_coarse_steps
+from texsynth.multiscale import (require_coarse_layers, require_coarse_starts, require_coarse_steps,
+                                 require_starts_have_a_stage)
 
 LBFGS_DEFAULTS: dict[str, Any] = {
     "lr": 1.0,
@@ -59,6 +60,7 @@ class Preset:
         require_coarse_steps(self.coarse_steps)
         require_coarse_layers(self.coarse_layers)
         require_coarse_starts(self.coarse_starts)
+        require_starts_have_a_stage(self.coarse_starts, self.coarse_levels)
 
     def loss_options(self) -> dict[str, dict[str, Any]]:
         return copy.deepcopy(self.losses)

@@ -58,7 +58,7 @@ def resolve_recipe(
     weights: Any = None,
     losses: LossSpec = None,
 ) -> Recipe:
-    preset_obj = _resolve_preset(preset, backbone)
+    preset_obj = resolve_preset(preset, backbone)
     backbone_module, backbone_name, used_options = _resolve_backbone(
         preset_obj, backbone, backbone_options, weights
     )
@@ -68,7 +68,9 @@ def resolve_recipe(
     return Recipe(preset_obj, backbone_module, backbone_name, loss_modules, used_options)
 
 
-def _resolve_preset(preset: str | Preset | None, backbone: str | nn.Module | None) -> Preset:
+def resolve_preset(preset: str | Preset | None, backbone: str | nn.Module | None = None) -> Preset:
+    """The preset a run with these arguments uses: the named one, else the first built on
+    ``backbone``, else the default (:func:`default_preset_name`)."""
     if isinstance(preset, Preset):
         return preset
     if preset is not None:

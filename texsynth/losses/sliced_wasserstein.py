@@ -82,6 +82,9 @@ class SlicedWassersteinLoss(LayeredLoss):
         self.seed = seed
         self._generator = torch.Generator().manual_seed(seed)
         self._fixed: dict[str, torch.Tensor] = {}
+        # with fixed directions the exemplar's sorted projections never change: sorted once per
+        # target tensor (a new exemplar or a move to another device makes a new one)
+        self._sorted_targets: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def directions(self, name: str, channels: int, device: torch.device) -> torch.Tensor:
         if not self.resample and name in self._fixed:
@@ -98,4 +101,13 @@ class SlicedWassersteinLoss(LayeredLoss):
 
     def layer_loss(self, name: str, features: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         directions = self.directions(name, features.shape[1], features.device)
-        return sliced_wasserstein(features, target, directions)
+        return sorted_distance(sorted_projections(features, directions), self.sorted_target(name, target, directions))
+
+    def sorted_target(self, name: str, target: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
+        if self.resample:
+            return sorted_projections(target, directions)
+        cached = self._sorted_targets.get(name)
+        if cached is None or cached[0] is not target:
+            cached = (target, sorted_projections(target, directions))
+            self._sorted_targets[name] = cached
+        return cached[1]
