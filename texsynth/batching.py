@@ -32,7 +32,7 @@ from texsynth._logging import log
 from texsynth.callbacks import MatmulPrecision, stopping_callbacks
 from texsynth.errors import CheckpointError, InvalidArgumentError, TexsynthError
 from texsynth.manifest import DONE, FAILED, INTERRUPTED, MANIFEST_NAME, Manifest
-from texsynth.multiscale import CoarseSchedule, require_coarse_layers, require_coarse_starts, require_coarse_steps
+from texsynth.multiscale import CoarseSchedule
 from texsynth.presets import DEFAULT_STEPS
 from texsynth.recipe import default_preset_name, resolve_preset
 from texsynth.trainer import lightning_settings
@@ -243,17 +243,15 @@ def batch(
         raise InvalidArgumentError(f"OUT {out} is SRC; write the results to another folder")
     # bad values fail here, not once per item
     stopping_callbacks(module_options.get("stop_when_stalled"), module_options.get("max_copy_score"))
-    require_coarse_steps(module_options.get("coarse_steps"))
-    require_coarse_layers(module_options.get("coarse_layers"))
-    require_coarse_starts(module_options.get("coarse_starts"))
     if module_options.get("matmul_precision") is not None:
         MatmulPrecision(module_options["matmul_precision"])
     find_exemplars(source, exclude=out)  # fail before launching processes
     if module_options.get("preset") is None and module_options.get("backbone") is None:
         module_options["preset"] = default_preset_name()  # decided (and reported) once, not per item
-    # several starts without a coarse stage fail here, not once per item
+    # bad coarse steps, layers or starts (several without a coarse stage) fail here, not once per item
     CoarseSchedule.resolve(resolve_preset(module_options.get("preset"), module_options.get("backbone")),
-                           module_options.get("coarse_levels"), starts=module_options.get("coarse_starts"))
+                           levels=module_options.get("coarse_levels"), steps=module_options.get("coarse_steps"),
+                           layers=module_options.get("coarse_layers"), starts=module_options.get("coarse_starts"))
     job = _Job(source, out, variations, steps, seed, str(logdir) if logdir else None, log_images_every,
                precision, progress, progress_interval, checkpoint_every, module_options)
     # the precision is checked here, once, on the devices the items will run on
