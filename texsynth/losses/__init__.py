@@ -26,6 +26,7 @@ from texsynth.losses import (  # noqa: E402,F401  isort: skip
     sliced_wasserstein,
     spectrum,
     total_variation,
+    value_range,
 )
 from texsynth.losses.chroma_spectrum import ChromaSpectrumLoss  # noqa: E402
 from texsynth.losses.color_distribution import ColorDistributionLoss  # noqa: E402
@@ -36,6 +37,7 @@ from texsynth.losses.mean_covariance import MeanCovarianceLoss  # noqa: E402
 from texsynth.losses.sliced_wasserstein import SlicedWassersteinLoss  # noqa: E402
 from texsynth.losses.spectrum import SpectrumLoss, luminance, opponent_channels, spectrum_projection  # noqa: E402
 from texsynth.losses.total_variation import TotalVariationLoss, total_variation  # noqa: E402
+from texsynth.losses.value_range import ValueRangeLoss  # noqa: E402
 
 __all__ = [
     "LOSSES",
@@ -49,6 +51,7 @@ __all__ = [
     "SpectrumLoss",
     "TotalVariationLoss",
     "TextureLoss",
+    "ValueRangeLoss",
     "check_weight",
     "create_loss",
     "gram_matrix",
