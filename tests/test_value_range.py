@@ -63,7 +63,7 @@ def test_each_sample_is_penalized_on_its_own():
     assert float(loss(batch, {})) == pytest.approx(float(loss(outside, {})))
 
 
-@pytest.mark.parametrize("bounds", [(1, 0), (0.5, 0.5), ("low", 1), (0, float("nan")), "image", 3])
+@pytest.mark.parametrize("bounds", [(1, 0), (0.5, 0.5), ("low", 1), (0, float("nan")), "image", "01", 3])
 def test_bad_bounds_are_refused_with_their_value(bounds):
     with pytest.raises(InvalidArgumentError, match=r"value_range bounds must be .*got"):
         create_loss("value_range", bounds=bounds)

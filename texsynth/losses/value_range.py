@@ -33,6 +33,8 @@ def _check_bounds(bounds: object) -> tuple[float, float] | None:
     if bounds == "exemplar":
         return None
     try:
+        if isinstance(bounds, str):  # a string iterates: "01" is not the pair (0, 1)
+            raise TypeError
         low, high = (float(value) for value in bounds)  # type: ignore[union-attr]
     except (TypeError, ValueError):
         low = high = math.nan
