@@ -35,7 +35,7 @@ def test_synthesize_writes_png_json_and_tensorboard_events(exemplar_png, tmp_pat
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["output"] == str(out) and summary["steps"] == 2 and summary["evals"] >= 2
     assert summary["seconds"] > 0 and summary["backbone"] == "random_pyramid" and summary["seed"] == 5
-    assert set(summary["loss"]) == {"gram", "spectrum", "chroma_spectrum", "total"}
+    assert set(summary["loss"]) == {"gram", "spectrum", "chroma_spectrum", "value_range", "total"}
     with Image.open(out) as image:
         assert image.size == (24, 24)
     assert list(logdir.rglob("events.out.tfevents.*"))
@@ -60,7 +60,7 @@ def test_user_plugin_via_import_is_used_by_name(exemplar_png, tmp_path, monkeypa
                  "--import", "my_plugin_losses", "--loss", "brightness=5", "--json", "--no-log", *TINY])
     assert code == 0, capsys.readouterr().err
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert set(summary["loss"]) == {"gram", "spectrum", "chroma_spectrum", "brightness", "total"}
+    assert set(summary["loss"]) == {"gram", "spectrum", "chroma_spectrum", "value_range", "brightness", "total"}
     from texsynth.losses import LOSSES
 
     LOSSES.remove("brightness")
