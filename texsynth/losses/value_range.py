@@ -3,8 +3,8 @@
 Gatys et al. (2015) optimize with L-BFGS-B, bounded by the exemplar's pixel range.
 ``torch.optim.LBFGS`` has no bounds, so the image goes wherever the statistics pull it, and
 saving clamps it to [0, 1] afterwards: the saved image is not the one whose statistics were
-matched. On cracked_0063 at 256x256 (dark cracks) 3% of the weight-free default's pixels end
-below 0, down to -0.4, in both texsynth's default and the reference recipe
+matched. On cracked_0063 at 256x256 (dark cracks) 3% of the pixels end below 0, down to
+-0.4, both in the weight-free recipe without this term and in the reference recipe
 (benchmarks/README.md, "Value range"). A penalty keeps the optimizer inside the range
 without a projection step that L-BFGS's curvature pairs would not know about.
 """
