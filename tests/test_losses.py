@@ -15,7 +15,7 @@ from texsynth.losses import (
     luminance,
     spectrum_projection,
 )
-from texsynth.losses.spectrum import exemplar_spectrum
+from texsynth.losses.spectrum import exemplar_spectrum, spectrum_signal
 
 
 # ---------------------------------------------------------------- Gram matrices
@@ -127,6 +127,57 @@ def test_projection_is_the_nearest_point_among_shifts():
         for dx in range(12):
             candidate = torch.roll(exemplar, (dy, dx), dims=(2, 3))
             assert best <= (image - candidate).pow(2).sum() + 1e-9
+
+
+def test_projection_of_an_image_without_energy_has_the_target_modulus_and_copies_nothing():
+    """Where the image has no energy every phase is equally near; the projection must still lie
+    on the set (a real image with the target modulus), with a phase that is not the exemplar's."""
+    exemplar = torch.rand(1, 3, 16, 16, dtype=torch.float64)
+    target = torch.fft.fft2(exemplar)
+    projected = spectrum_projection(torch.zeros(1, 3, 16, 16, dtype=torch.float64), target)
+    torch.testing.assert_close(torch.fft.fft2(projected).abs(), target.abs())
+    centred = exemplar - exemplar.mean()
+    correlation = (projected - projected.mean()).mul(centred).sum() / centred.pow(2).sum()
+    assert abs(float(correlation)) < 0.5
+
+
+@pytest.mark.parametrize("mode", ["color", "luminance", "chroma"])
+def test_spectrum_loss_is_continuous_at_a_constant_image(mode):
+    """A constant start (gray, for the chroma constraint) has no energy at any frequency but 0:
+    the loss there is the full distance to the set, not 0, and a tiny step does not make it jump."""
+    torch.manual_seed(0)
+    exemplar = torch.rand(1, 3, 16, 16, dtype=torch.float64)
+    loss = SpectrumLoss(mode=mode)
+    loss.set_target(exemplar, {}, (16, 16))
+    constant = torch.full((1, 3, 16, 16), 0.4, dtype=torch.float64)
+    nudged = constant + 1e-7 * torch.randn_like(constant)
+    signal = spectrum_signal(constant, mode)
+    # Parseval: ½‖x − P‖² = ½/(HW) Σ_f |X − P̂|²; |P̂| = |A| at f ≠ 0, and at f = 0 both are real.
+    spectrum = torch.fft.fft2(signal)
+    modulus = loss.target.abs()
+    expected = 0.5 / 256 * (modulus.pow(2).sum() - modulus[..., 0, 0].pow(2).sum()
+                            + (spectrum[..., 0, 0].abs() - modulus[..., 0, 0]).pow(2).sum())
+    assert float(loss(constant, {})) == pytest.approx(float(expected), rel=1e-6)
+    assert float(loss(nudged, {})) == pytest.approx(float(expected), rel=1e-4)
+
+
+def test_spectrum_loss_is_continuous_at_a_band_limited_image():
+    """With its top octave removed, an image's spectrum there is rounding noise, and fft2 of a
+    real image is Hermitian only up to rounding: a phase taken from it must not make the
+    projection lose modulus, which made the loss jump at a step of 1e-7 (the FFT-upsampled
+    start stalled)."""
+    generator = torch.Generator().manual_seed(0)
+    exemplar = torch.rand((1, 3, 32, 32), generator=generator)
+    spectrum = torch.fft.fft2(torch.rand((1, 3, 32, 32), generator=generator, dtype=torch.float64))
+    frequencies = torch.fft.fftfreq(32).abs()
+    top_octave = (frequencies.view(-1, 1) > 0.25) | (frequencies.view(1, -1) > 0.25)
+    band_limited = torch.fft.ifft2(spectrum * ~top_octave).real.float()
+    loss = SpectrumLoss()
+    loss.set_target(exemplar, {}, (32, 32))
+    nudged = band_limited + 1e-7 * torch.randn(band_limited.shape, generator=generator)
+    assert float(loss(nudged, {})) == pytest.approx(float(loss(band_limited, {})), rel=1e-4)
+    projected = spectrum_projection(band_limited, loss.target)
+    torch.testing.assert_close(torch.fft.fft2(projected).abs(), loss.target.abs(), rtol=1e-4, atol=1e-3)
 
 
 def test_luminance_weights_are_the_reference_ones():

@@ -39,7 +39,7 @@ def initial_image(
 def random_phase_noise(
     exemplar: torch.Tensor, shape: tuple[int, int, int, int], generator: torch.Generator
 ) -> torch.Tensor:
-    """Random-phase noise (Galerane et al. 2011): exemplar modulus, phase of white noise."""
+    """Random-phase noise (Galerne, Gousseau & Morel 2011): exemplar modulus, phase of white noise."""
     from texsynth.losses.spectrum import exemplar_spectrum
 
     batch, _, height, width = shape

@@ -55,8 +55,38 @@ def spectrum_signal(image: torch.Tensor, mode: str) -> torch.Tensor:
     return image
 
 
+def hermitian_part(spectrum: torch.Tensor) -> torch.Tensor:
+    """``(Z(f) + conj(Z(−f))) / 2``: the spectrum of the real part of ``ifft2(Z)``.
+
+    ``fft2`` of a real image is Hermitian only up to rounding. Where an image has almost no
+    energy (a band-limited start), the rounding is all there is, and a phase taken from it
+    differs at f and −f: the real part of the inverse transform then loses part of the
+    exemplar's modulus, by an amount that a step of 1e-7 changes. Symmetrized, the phase is
+    Hermitian exactly and the projection keeps the full modulus.
+    """
+    reversed_frequencies = torch.roll(torch.flip(spectrum, dims=(-2, -1)), shifts=(1, 1), dims=(-2, -1))
+    return 0.5 * (spectrum + reversed_frequencies.conj())
+
+
+def tie_break_phase(size: tuple[int, int], device: torch.device | str | None = None) -> torch.Tensor:
+    """``(1, 1, H, W)`` unit phases of fixed white noise, for the frequencies where the image
+    has no energy at all (a constant or band-limited start, gray for the chroma constraint).
+
+    There every phase is equally near, so any point of the set is a projection; the eps-regularized
+    ``S / (|S| + ε)`` would instead give none (P = 0 there), and the loss would count 0 for a
+    distance of ``|A|²/2`` and jump when a step adds the slightest energy. Noise phases are
+    Hermitian (the projection stays real) and, unlike the exemplar's own phase, copy nothing.
+    """
+    generator = torch.Generator().manual_seed(0)
+    noise = torch.fft.fft2(torch.randn((1, 1, *size), generator=generator, dtype=torch.float64))
+    return (noise / noise.abs().clamp_min(1e-30)).to(torch.complex64).to(device)
+
+
 def spectrum_projection(
-    image: torch.Tensor, target_spectrum: torch.Tensor, eps: float = 1e-11
+    image: torch.Tensor,
+    target_spectrum: torch.Tensor,
+    eps: float = 1e-11,
+    tie_break: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Project ``image`` onto the images whose Fourier transform is ``target_spectrum`` up to
     one phase shift per frequency shared by all channels.
@@ -65,6 +95,10 @@ def spectrum_projection(
         image: ``(B, C, H, W)`` real images (C = 1 for luminance, 3 for colour).
         target_spectrum: ``(1 or B, C, H, W)`` complex ``fft2`` of the exemplar (or its
             estimate at this size).
+        eps: regularizer of the phase normalization.
+        tie_break: ``(1, 1, H, W)`` unit phases for the frequencies where the cross spectrum's
+            magnitude is at most ``eps`` (default: :func:`tie_break_phase`; pass it cached
+            when projecting often).
     Returns:
         ``(B, C, H, W)`` real projection, same dtype as ``image``.
     """
@@ -74,8 +108,12 @@ def spectrum_projection(
             "must have the same channels and size"
         )
     spectrum = torch.fft.fft2(at_least_float32(image))
-    cross = (spectrum * target_spectrum.conj()).sum(dim=1, keepdim=True)
-    projected = torch.fft.ifft2(cross / (cross.abs() + eps) * target_spectrum)
+    cross = hermitian_part((spectrum * target_spectrum.conj()).sum(dim=1, keepdim=True))
+    if tie_break is None:
+        tie_break = tie_break_phase(tuple(image.shape[-2:]), image.device)
+    magnitude = cross.abs()
+    phase = torch.where(magnitude > eps, cross / (magnitude + eps), tie_break.to(cross.dtype))
+    projected = torch.fft.ifft2(phase * target_spectrum)
     return projected.real.to(image.dtype)
 
 
@@ -174,11 +212,12 @@ class SpectrumLoss(TextureLoss):
 
     def set_target(self, exemplar: torch.Tensor, features: Features, output_size: tuple[int, int]) -> None:
         self.register_buffer("target", exemplar_spectrum(exemplar, output_size, self.mode, self.periodic), persistent=False)
+        self.register_buffer("tie_break", tie_break_phase(output_size, exemplar.device), persistent=False)
 
     def forward(self, image: torch.Tensor, features: Features) -> torch.Tensor:
         signal = spectrum_signal(image, self.mode)
         with torch.no_grad():
-            projection = spectrum_projection(signal, self.target, self.eps)
+            projection = spectrum_projection(signal, self.target, self.eps, self.tie_break)
         signal = at_least_float32(signal)
         squared = 0.5 * (signal - projection.to(signal.dtype)).pow(2)
         return squared.sum() if self.reduction == "sum" else squared.sum() / signal[0].numel()
