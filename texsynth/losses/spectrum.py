@@ -70,7 +70,7 @@ def hermitian_part(spectrum: torch.Tensor) -> torch.Tensor:
 
 def tie_break_phase(size: tuple[int, int], device: torch.device | str | None = None) -> torch.Tensor:
     """``(1, 1, H, W)`` unit phases of fixed white noise, for the frequencies where the image
-    has no energy at all (a constant or band-limited start, gray for the chroma constraint).
+    has no energy at all (a constant start; a gray one for the chroma constraint).
 
     There every phase is equally near, so any point of the set is a projection; the eps-regularized
     ``S / (|S| + ε)`` would instead give none (P = 0 there), and the loss would count 0 for a
