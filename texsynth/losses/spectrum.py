@@ -7,7 +7,9 @@ that set. The projection keeps the output's phase (shifted as little as possible
 the exemplar's modulus.
 
 Colour (the paper): one phase shift shared by the channels, from the channel-summed cross
-spectrum S = Σ_c X_c conj(A_c), so colours stay consistent; P_c = IFFT(S / (|S|+ε) · A_c).
+spectrum S = Σ_c X_c conj(A_c), so colours stay consistent; P_c = IFFT(S / (|S|+ε) · A_c),
+with S made exactly Hermitian and a fixed noise phase where |S| ≤ ε, so the loss stays continuous
+where the image has (almost) no energy (:func:`hermitian_part`, :func:`tie_break_phase`).
 Luminance (the reference implementation): the same on gray = 0.2989 R + 0.587 G + 0.114 B.
 Chroma: the same on the two opponent-colour channels (colour without its brightness; see
 :mod:`texsynth.losses.chroma_spectrum`).
