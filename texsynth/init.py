@@ -40,11 +40,10 @@ def random_phase_noise(
     exemplar: torch.Tensor, shape: tuple[int, int, int, int], generator: torch.Generator
 ) -> torch.Tensor:
     """Random-phase noise (Galerne, Gousseau & Morel 2011): exemplar modulus, phase of white noise."""
-    from texsynth.losses.spectrum import exemplar_spectrum
+    from texsynth.losses.spectrum import exemplar_spectrum, white_noise_phase
 
     batch, _, height, width = shape
     mean = exemplar.mean(dim=(2, 3), keepdim=True)
     spectrum = exemplar_spectrum(exemplar - mean, (height, width), mode="color", periodic=True)
-    noise = torch.fft.fft2(torch.randn((batch, 1, height, width), generator=generator))
-    phase = noise / noise.abs().clamp_min(1e-12)
+    phase = white_noise_phase((batch, 1, height, width), generator)
     return (torch.fft.ifft2(spectrum * phase).real + mean).float()

@@ -70,6 +70,15 @@ def hermitian_part(spectrum: torch.Tensor) -> torch.Tensor:
     return 0.5 * (spectrum + reversed_frequencies.conj())
 
 
+def white_noise_phase(
+    shape: tuple[int, ...], generator: torch.Generator, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """Unit phases of the ``fft2`` of white noise of ``shape``: Hermitian (their inverse
+    transform is real) and uniformly random, so they carry no structure of their own."""
+    noise = torch.fft.fft2(torch.randn(shape, generator=generator, dtype=dtype))
+    return noise / noise.abs().clamp_min(1e-12)
+
+
 def tie_break_phase(size: tuple[int, int], device: torch.device | str | None = None) -> torch.Tensor:
     """``(1, 1, H, W)`` unit phases of fixed white noise, for the frequencies where the image
     has no energy at all (a constant start; a gray one for the chroma constraint).
@@ -79,9 +88,8 @@ def tie_break_phase(size: tuple[int, int], device: torch.device | str | None = N
     distance of ``|A|²/2`` and jump when a step adds the slightest energy. Noise phases are
     Hermitian (the projection stays real) and, unlike the exemplar's own phase, copy nothing.
     """
-    generator = torch.Generator().manual_seed(0)
-    noise = torch.fft.fft2(torch.randn((1, 1, *size), generator=generator, dtype=torch.float64))
-    return (noise / noise.abs().clamp_min(1e-30)).to(torch.complex64).to(device)
+    phase = white_noise_phase((1, 1, *size), torch.Generator().manual_seed(0), torch.float64)
+    return phase.to(torch.complex64).to(device)
 
 
 def spectrum_projection(
