@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from conftest import TINY_BACKBONE
@@ -17,6 +18,7 @@ from texsynth.examples import load_example
 from texsynth.init import random_phase_noise
 from texsynth.losses.spectrum import exemplar_spectrum, periodic_component
 from texsynth.metrics import seam_score
+from texsynth.tiling import periodic_resize
 
 
 def _periodic_laplacian(image: torch.Tensor) -> torch.Tensor:
@@ -74,6 +76,28 @@ def test_tiled_outputs_have_no_seam_and_untiled_ones_do():
     tiled, untiled = seam_score(_synthesize(True)), seam_score(_synthesize(False))
     assert abs(float(tiled) - 1) < 0.3  # jumps across the wrap look like jumps inside the image
     assert float(untiled) > float(tiled) + 0.1
+
+
+@pytest.mark.parametrize("size", [(16, 20), (13, 23)])
+def test_periodic_resize_is_the_resize_of_an_endless_tiling(size):
+    image = torch.rand(2, 3, 8, 10, generator=torch.Generator().manual_seed(0))
+    tiling = F.interpolate(image.repeat(1, 1, 3, 3), size=(3 * size[0], 3 * size[1]), mode="bicubic",
+                           align_corners=False)
+    expected = tiling[..., size[0]:2 * size[0], size[1]:2 * size[1]]  # the middle tile: no border nearby
+    torch.testing.assert_close(periodic_resize(image, size), expected)
+    plain = F.interpolate(image, size=size, mode="bicubic", align_corners=False)
+    assert not torch.allclose(plain, expected, atol=1e-3)  # an ordinary resize clamps at the borders
+
+
+def test_a_tiled_output_starts_seamless_from_a_coarser_result():
+    coarse = torch.rand(1, 3, 16, 20, generator=torch.Generator().manual_seed(1))
+    exemplar = load_example("cells", size=32)
+    scores = {}
+    for tile in (True, False):
+        module = TextureSynthesis(exemplar, **TINY_BACKBONE, size=(32, 40), tile=tile, seed=0)
+        module.reset_image(coarse)
+        scores[tile] = float(seam_score(module.output()))
+    assert abs(scores[True] - 1) < 0.3 and scores[False] > 1.5, scores
 
 
 def test_tile_sets_circular_padding_and_periodic_spectrum(exemplar):

@@ -26,7 +26,6 @@ from torch import nn
 
 from texsynth._logging import log
 from texsynth.backbones import Backbone
-from texsynth.backbones.base import set_circular_padding
 from texsynth.config import yaml_safe
 from texsynth.errors import CheckpointError, InvalidArgumentError
 from texsynth.features import FeatureExtractor
@@ -36,6 +35,7 @@ from texsynth.losses.base import float32_statistics
 from texsynth.memory import check_memory
 from texsynth.presets import LBFGS_DEFAULTS, Preset
 from texsynth.recipe import LossSpec, resolve_recipe
+from texsynth.tiling import make_periodic, periodic_resize
 
 
 class TextureSynthesis(L.LightningModule):
@@ -189,8 +189,8 @@ class TextureSynthesis(L.LightningModule):
         return initial_image(self.init_kind, shape, self._generator, self.exemplar)
 
     def reset_image(self, image: torch.Tensor | None = None) -> None:
-        """Start again from fresh noise, or from ``image`` (resized to the output size; e.g. a
-        coarser scale's result), and forget the L-BFGS state."""
+        """Start again from fresh noise, or from ``image`` (resized to the output size, wrapping
+        around if the output is a tile; e.g. a coarser scale's result), and forget the L-BFGS state."""
         if image is None:
             image = self._new_image()
         else:
@@ -200,7 +200,8 @@ class TextureSynthesis(L.LightningModule):
                 raise InvalidArgumentError(
                     f"starting image must be (3, H, W) or ({self.variations}, 3, H, W), got {tuple(image.shape)}")
             if tuple(image.shape[-2:]) != tuple(self.output_size):
-                image = F.interpolate(image, size=self.output_size, mode="bicubic", align_corners=False)
+                image = (periodic_resize(image, self.output_size) if self.tile else
+                         F.interpolate(image, size=self.output_size, mode="bicubic", align_corners=False))
             image = image.expand(self.variations, -1, -1, -1)
         with torch.no_grad():
             self.image.copy_(image.to(self.image.device))
@@ -377,17 +378,6 @@ class _Diverged(Exception):
     def __init__(self, value: float) -> None:
         super().__init__(value)
         self.value = value
-
-
-def make_periodic(backbone: nn.Module, losses: Any) -> None:
-    """Circular padding everywhere the backbone pads, periodic spectrum targets."""
-    if isinstance(backbone, Backbone):
-        backbone.set_circular_padding(True)  # backbones may pad outside Conv2d too
-    else:
-        set_circular_padding(backbone, True)
-    for loss in losses:
-        if hasattr(loss, "periodic"):
-            loss.periodic = True
 
 
 #: bytes the L-BFGS curvature history may take (two image-sized vectors per step)
