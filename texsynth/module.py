@@ -35,7 +35,7 @@ from texsynth.losses.base import float32_statistics
 from texsynth.memory import check_memory
 from texsynth.presets import LBFGS_DEFAULTS, Preset
 from texsynth.recipe import LossSpec, resolve_recipe
-from texsynth.tiling import make_periodic, periodic_resize
+from texsynth.tiling import make_periodic, periodic_resize, tile_targets_source
 
 
 class TextureSynthesis(L.LightningModule):
@@ -292,7 +292,8 @@ class TextureSynthesis(L.LightningModule):
             return
         with torch.no_grad():
             exemplar = self.exemplar.to(device)
-            features = self._features(exemplar)
+            # circular padding would make the jumps across the exemplar's borders a target (tiling.py)
+            features = self._features(tile_targets_source(exemplar) if self.tile else exemplar)
             for loss in self.loss_terms.values():
                 loss.set_target(exemplar, features, self.output_size)
         self._targets_device = device

@@ -2,10 +2,21 @@
 
 A tiled output (``tile=True``) is optimized as a periodic image: the backbone pads
 circularly (:func:`make_periodic`) and the spectrum constraint uses the exemplar's periodic
-component. The switch from a coarse stage to the next must wrap around too: an ordinary
-upsampling treats the coarse image's borders as borders, and the finer stage then starts
-from an image with a seam that its steps do not remove (the weight-free default at 256x256:
-seam score 2.3-3.0 instead of about 1; :func:`periodic_resize`).
+component. Two more places would otherwise put a seam back in:
+
+- the exemplar's features. Circular padding makes the jump between its opposite borders a
+  feature of the targets, and the output grows seam-like edges to match it (a photograph lit
+  more on one side: blotchy_0025 came out with a hard edge between its blue and red layers).
+  Moisan's periodic component removes the jump, but where it is structure rather than light
+  (``bricks``: mortar along one border, brick along the other) it repaints the texture near the
+  borders. :func:`tile_targets_source` removes only the large-scale part of the jump, the part
+  a blurred exemplar still has: the lighting, not the mortar;
+- the switch from a coarse stage to the next. An ordinary upsampling treats the coarse
+  image's borders as borders, and the finer stage starts from a seam its steps keep (the
+  weight-free default at 256x256: seam score 2.3-3.0 instead of about 1);
+  :func:`periodic_resize` wraps around.
+
+Measured in benchmarks/README.md, "Seamless tiles".
 """
 
 from __future__ import annotations
@@ -16,8 +27,13 @@ from collections.abc import Iterable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.transforms.functional import gaussian_blur
 
 from texsynth.backbones.base import Backbone, set_circular_padding
+from texsynth.losses.spectrum import periodic_component
+
+#: blur of the exemplar whose border jumps count as lighting, as a fraction of its larger side
+LIGHTING_SCALE = 1 / 32
 
 
 def make_periodic(backbone: nn.Module, losses: Iterable[nn.Module]) -> None:
@@ -29,6 +45,17 @@ def make_periodic(backbone: nn.Module, losses: Iterable[nn.Module]) -> None:
     for loss in losses:
         if hasattr(loss, "periodic"):
             loss.periodic = True
+
+
+def tile_targets_source(exemplar: torch.Tensor) -> torch.Tensor:
+    """The image whose circularly padded features are a tiled output's targets: ``exemplar``
+    less the smooth component (Moisan 2011) of its blurred self, i.e. without the large-scale
+    jumps across its borders and with its texture untouched."""
+    sigma = max(exemplar.shape[-2:]) * LIGHTING_SCALE
+    radius = min(math.ceil(3 * sigma), min(exemplar.shape[-2:]) - 1)
+    blurred = gaussian_blur(exemplar, [2 * radius + 1] * 2, [sigma, sigma])  # reflect padding
+    lighting_jumps = blurred - periodic_component(blurred)
+    return exemplar - lighting_jumps.to(exemplar.dtype)
 
 
 def _wrap_margin(coarse: int, fine: int) -> tuple[int, int]:
