@@ -27,7 +27,6 @@ from collections.abc import Iterable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.transforms.functional import gaussian_blur
 
 from texsynth.backbones.base import Backbone, set_circular_padding
 from texsynth.losses.spectrum import periodic_component
@@ -50,12 +49,24 @@ def make_periodic(backbone: nn.Module, losses: Iterable[nn.Module]) -> None:
 def tile_targets_source(exemplar: torch.Tensor) -> torch.Tensor:
     """The image whose circularly padded features are a tiled output's targets: ``exemplar``
     less the smooth component (Moisan 2011) of its blurred self, i.e. without the large-scale
-    jumps across its borders and with its texture untouched."""
-    sigma = max(exemplar.shape[-2:]) * LIGHTING_SCALE
-    radius = min(math.ceil(3 * sigma), min(exemplar.shape[-2:]) - 1)
-    blurred = gaussian_blur(exemplar, [2 * radius + 1] * 2, [sigma, sigma])  # reflect padding
+    jumps across its borders, and with its fine structure kept."""
+    blurred = _gaussian_blur(exemplar, max(exemplar.shape[-2:]) * LIGHTING_SCALE)
     lighting_jumps = blurred - periodic_component(blurred)
     return exemplar - lighting_jumps.to(exemplar.dtype)
+
+
+def _gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur with mirrored borders (a 2-D kernel would cost sigma times more)."""
+    channels = image.shape[1]
+    for dim in (-2, -1):
+        radius = min(math.ceil(3 * sigma), image.shape[dim] - 1)
+        taps = torch.arange(-radius, radius + 1, device=image.device, dtype=image.dtype)
+        kernel = torch.exp(-0.5 * (taps / sigma) ** 2)
+        shape = (channels, 1, -1, 1) if dim == -2 else (channels, 1, 1, -1)
+        kernel = (kernel / kernel.sum()).view(shape[2:]).expand(shape)
+        padding = (0, 0, radius, radius) if dim == -2 else (radius, radius, 0, 0)
+        image = F.conv2d(F.pad(image, padding, mode="reflect"), kernel, groups=channels)
+    return image
 
 
 def _wrap_margin(coarse: int, fine: int) -> tuple[int, int]:
