@@ -45,6 +45,7 @@ from texsynth.api import fit
 from texsynth.examples import load_example
 from texsynth.image_io import center_crop_resize, load_image
 from texsynth.losses import gram_matrix
+from texsynth.losses.spectrum import spectrum_projection, tie_break_phase
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_EXEMPLAR = HERE.parent.parent / "shared" / "textures" / "bubbly_0139.png"
@@ -102,13 +103,32 @@ def gray(image: torch.Tensor) -> torch.Tensor:
     return 0.2989 * image[0, 0] + 0.587 * image[0, 1] + 0.114 * image[0, 2]
 
 
+def reference_projection(luminance: torch.Tensor, exemplar_fft: torch.Tensor) -> torch.Tensor:
+    """The reference's spectrum projection, as it computes it."""
+    p = torch.fft.fft2(luminance) * torch.conj(exemplar_fft)
+    return torch.fft.ifft2(p / (torch.abs(p) + 1e-11) * exemplar_fft).real
+
+
+def floor_projection(exemplar_fft: torch.Tensor):
+    """texsynth's projection arithmetic (Hermitian cross spectrum, cached tie-break phase, no
+    gradient through the projection: the distance's gradient is ``x - P(x)``), so the floor
+    does what texsynth's evaluation does and no more."""
+    tie_break = tie_break_phase(tuple(exemplar_fft.shape[-2:]), exemplar_fft.device)
+    target = exemplar_fft[None, None]
+
+    def project(luminance: torch.Tensor, _: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return spectrum_projection(luminance[None, None], target, tie_break=tie_break)[0, 0]
+
+    return project
+
+
 def reference_loss(features: nn.Sequential, image: torch.Tensor, target_grams: list[torch.Tensor],
-                   exemplar_fft: torch.Tensor, gram_fn=gram) -> torch.Tensor:
+                   exemplar_fft: torch.Tensor, gram_fn=gram, projection_fn=reference_projection) -> torch.Tensor:
     gram_loss = sum(1e9 * ((gram_fn(f) - g) ** 2).sum() for f, g in zip(taps(features, image), target_grams))
-    o = torch.fft.fft2(gray(image))
-    p = o * torch.conj(exemplar_fft)
-    projected = torch.fft.ifft2(p / (torch.abs(p) + 1e-11) * exemplar_fft).real
-    return gram_loss + 1e5 * 0.5 * ((gray(image) - projected) ** 2).sum()
+    luminance = gray(image)
+    projected = projection_fn(luminance, exemplar_fft)
+    return gram_loss + 1e5 * 0.5 * ((luminance - projected) ** 2).sum()
 
 
 # ----------------------------------------------------------------------------- the rows
@@ -156,8 +176,10 @@ def vgg_problem(state, exemplar, size, trainable=False):
     shape = (1, 3, size, size)
     start = torch.sigmoid(torch.randn(shape, device=DEVICE)) if trainable else torch.rand(shape, device=DEVICE)
     image = start.requires_grad_(True)
+    # the floor takes texsynth's cheapest exact Gram backward and its projection's arithmetic
     gram_fn = gram if trainable else floor_gram
-    return image, lambda: reference_loss(features, image, targets, exemplar_fft, gram_fn)
+    projection_fn = reference_projection if trainable else floor_projection(exemplar_fft)
+    return image, lambda: reference_loss(features, image, targets, exemplar_fft, gram_fn, projection_fn)
 
 
 def module_problem(exemplar, **options):
