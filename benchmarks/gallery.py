@@ -2,6 +2,7 @@
 
     python benchmarks/gallery.py                      # docs/gallery.png, default recipe, 256x256
     python benchmarks/gallery.py --preset vgg19       # with ImageNet weights, if you have them
+    python benchmarks/gallery.py --only-larger        # docs/larger.png only
 """
 
 from __future__ import annotations
@@ -26,10 +27,15 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "gallery.png")
     parser.add_argument("--tiling-output", type=Path, default=ROOT / "docs" / "tiling.png")
+    parser.add_argument("--larger-output", type=Path, default=ROOT / "docs" / "larger.png")
     parser.add_argument("--only-tiling", action="store_true")
+    parser.add_argument("--only-larger", action="store_true")
     args = parser.parse_args()
-    tiling_figure(args)
-    if args.only_tiling:
+    if not args.only_larger:
+        tiling_figure(args)
+    if not args.only_tiling:
+        larger_figure(args)
+    if args.only_tiling or args.only_larger:
         return
 
     pairs = []
@@ -77,6 +83,28 @@ def tiling_figure(args: argparse.Namespace) -> None:
     args.tiling_output.parent.mkdir(parents=True, exist_ok=True)
     figure.save(args.tiling_output)
     print(f"wrote {args.tiling_output}")
+
+
+def larger_figure(args: argparse.Namespace) -> None:
+    """Outputs twice the exemplar's size: 128x128 exemplar | 256x256 with zero padding
+    (``tile=False``) | 256x256 as texsynth makes it by default (wrapping around)."""
+    size, gap, label = 256, 6, 18
+    names = ("cracks", "cells")
+    figure = Image.new("RGB", (128 + 2 * size + 2 * gap, len(names) * (size + label + gap)), "white")
+    draw = ImageDraw.Draw(figure)
+    for row, name in enumerate(names):
+        y = row * (size + label + gap)
+        draw.text((2, y + 2), f"{name}: exemplar 128x128 | 256x256, tile=False | 256x256, default", fill="black")
+        for column, tile in enumerate((False, None)):
+            result = texsynth.synthesize(name, exemplar_size=128, size=size, steps=args.steps, preset=args.preset,
+                                         seed=args.seed, tile=tile)
+            print(f"{name} 128 -> 256, tile={tile}: {result.seconds:.0f} s", flush=True)
+            if column == 0:
+                figure.paste(to_pil(result.module.exemplar[0].clamp(0, 1)), (0, y + label))
+            figure.paste(to_pil(result.image), (128 + gap + column * (size + gap), y + label))
+    args.larger_output.parent.mkdir(parents=True, exist_ok=True)
+    figure.save(args.larger_output)
+    print(f"wrote {args.larger_output}")
 
 
 if __name__ == "__main__":

@@ -12,8 +12,10 @@ from PIL import Image
 
 from conftest import TINY_BACKBONE
 from texsynth import TextureSynthesis
-from texsynth.api import fit
+from texsynth.api import fit, synthesize
+from texsynth.backbones.base import circular_pad
 from texsynth.cli import main
+from texsynth.errors import InvalidArgumentError
 from texsynth.examples import load_example
 from texsynth.init import random_phase_noise
 from texsynth.losses.spectrum import exemplar_spectrum, periodic_component
@@ -134,3 +136,71 @@ def test_tile_sets_circular_padding_and_periodic_spectrum(exemplar):
     assert module.loss_terms["spectrum"].periodic and module.hparams["tile"] is True
     vgg = TextureSynthesis(exemplar, backbone="vgg19", weights="random", tile=True, seed=0)
     assert vgg.backbone.conv1_1.padding_mode == "circular"
+
+
+@pytest.mark.parametrize(("size", "tiled"), [(None, False), ((24, 32), False), ((32, 40), True), ((48, 48), True)])
+def test_tile_defaults_to_outputs_larger_than_the_exemplar(exemplar, size, tiled):
+    module = TextureSynthesis(exemplar, **TINY_BACKBONE, size=size, seed=0)
+    assert module.tile is tiled and module.hparams["tile"] is tiled
+    convs = [m for m in module.backbone.modules() if isinstance(m, torch.nn.Conv2d) and m.padding != (0, 0)]
+    assert all(m.padding_mode == ("circular" if tiled else "zeros") for m in convs)
+    assert module.loss_terms["spectrum"].periodic is tiled
+
+
+def test_tile_can_be_refused_for_a_larger_output_and_must_be_a_bool(exemplar):
+    assert TextureSynthesis(exemplar, **TINY_BACKBONE, size=48, tile=False, seed=0).tile is False
+    with pytest.raises(InvalidArgumentError, match="tile must be True, False or None"):
+        TextureSynthesis(exemplar, **TINY_BACKBONE, size=48, tile="yes", seed=0)
+
+
+def test_a_larger_output_comes_out_seamless_through_its_coarse_stage(exemplar):
+    # the half-size stage is larger than its half-size exemplar too; both wrap around
+    result = synthesize(exemplar, size=64, steps=2, coarse_levels=1, coarse_steps=1, seed=0,
+                        lbfgs={"max_iter": 4}, losses={"spectrum": 0}, **TINY_BACKBONE)
+    assert result.image.shape == (3, 64, 64)
+    assert abs(float(seam_score(result.image)) - 1) < 0.3
+    refused = synthesize(exemplar, size=64, steps=2, coarse_levels=1, coarse_steps=1, seed=0, tile=False,
+                         lbfgs={"max_iter": 4}, losses={"spectrum": 0}, **TINY_BACKBONE)
+    assert float(seam_score(refused.image)) > float(seam_score(result.image)) + 0.1
+
+
+def test_the_cli_tiles_larger_outputs_unless_told_not_to(tmp_path, capsys):
+    from texsynth.config import read_config
+
+    for flag, expected in (([], True), (["--no-tile"], False)):
+        out = tmp_path / f"out{len(flag)}.png"
+        code = main(["synthesize", "bricks", "--exemplar-size", "32", "-o", str(out), "--size", "48", "--steps", "1",
+                     "--max-iter", "2", "--backbone", "random_pyramid", "--no-log", "--no-progress", *flag])
+        assert code == 0, capsys.readouterr().err
+        assert read_config(out.with_name(f"{out.stem}.texsynth.yaml"))["tile"] is expected
+
+
+@pytest.mark.parametrize(("pad_h", "pad_w"), [(2, 3), (5, 9)])
+def test_circular_padding_wraps_around_as_often_as_needed(pad_h, pad_w):
+    image = torch.rand(1, 2, 4, 3, generator=torch.Generator().manual_seed(0))
+    tiling = image.repeat(1, 1, 7, 9)  # the middle copy starts at row 12, column 12
+    expected = tiling[..., 12 - pad_h:16 + pad_h, 12 - pad_w:15 + pad_w]
+    torch.testing.assert_close(circular_pad(image, pad_h, pad_w), expected)
+
+
+def test_a_tiled_exemplar_smaller_than_its_coarsest_padding_runs_with_the_right_gradient():
+    # 16x16 with the default pyramid: its 1/4 level is 4x4 under an 11x11 kernel (padding 5)
+    exemplar = load_example("cells", size=16)
+    options = dict(backbone="random_pyramid", backbone_options={"filters": 4}, seed=0,
+                   losses={"spectrum": 0, "chroma_spectrum": 0})
+    larger = TextureSynthesis(exemplar, size=32, **options)
+    assert larger.tile  # larger than the exemplar
+    fit(larger, 1, logdir=False, progress_bar=False, quiet=True)
+    assert torch.isfinite(larger.output()).all()
+
+    module = TextureSynthesis(exemplar, tile=True, **options)  # the 16x16 output's level wraps too
+    image = module.image.detach().clone().requires_grad_(True)
+    gradients = []
+    for method in ("auto", "direct"):  # auto: matrix-product backward and fused banks on CPU
+        for conv in module.backbone.modules():
+            if isinstance(conv, torch.nn.Conv2d):
+                conv.method = method
+        features = module.extractor(image)
+        gradients.append(torch.autograd.grad(sum((f ** 2).mean() for f in features.values()), image)[0])
+    torch.testing.assert_close(gradients[0], gradients[1], rtol=1e-4, atol=1e-6)
+    assert float(gradients[0].abs().max()) > 0

@@ -116,7 +116,9 @@ def _add_synthesis_options(command: argparse.ArgumentParser) -> None:
                          help="undo the step after which the output's copy score (about 1 for a shifted "
                               "copy of the exemplar, 0.3 for a new texture) exceeds SCORE, and stop (e.g. 0.5)")
     command.add_argument("--seed", type=int, help="random seed (default: drawn and reported)")
-    command.add_argument("--tile", action="store_true", help="make the output seamlessly tileable")
+    command.add_argument("--tile", action=argparse.BooleanOptionalAction, default=None,
+                         help="make the output seamlessly tileable (default: only outputs larger than the "
+                              "exemplar, which otherwise grow a frame along their borders)")
     command.add_argument("--checkpoint-every", type=int, default=0, metavar="N",
                          help="write a checkpoint every N steps (one is always written on Ctrl-C/SIGTERM)")
     command.add_argument("--log-images-every", type=int, default=10, help="log the image every N steps")

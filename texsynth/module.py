@@ -35,7 +35,7 @@ from texsynth.losses.base import float32_statistics
 from texsynth.memory import check_memory
 from texsynth.presets import LBFGS_DEFAULTS, Preset
 from texsynth.recipe import LossSpec, resolve_recipe
-from texsynth.tiling import make_periodic, periodic_resize, tile_targets_source
+from texsynth.tiling import make_periodic, periodic_resize, resolve_tile, tile_targets_source
 
 
 class TextureSynthesis(L.LightningModule):
@@ -62,6 +62,9 @@ class TextureSynthesis(L.LightningModule):
             sample's losses are independent of the others').
         tile: make the output periodic (seamlessly tileable): circular padding in the
             backbone, the exemplar's periodic component in the spectrum constraint.
+            ``None`` (default): only when the output is larger than the exemplar in either
+            dimension, where border statistics framed the output otherwise
+            (:func:`texsynth.tiling.resolve_tile`).
         checkpointing: gradient checkpointing of the backbone (recompute the activations
             between taps in the backward pass: less memory, about one more forward pass of
             time). ``None``: switched on when the run would not fit in the device's free
@@ -87,7 +90,7 @@ class TextureSynthesis(L.LightningModule):
         init: str | None = None,
         lbfgs: Mapping[str, Any] | None = None,
         variations: int = 1,
-        tile: bool = False,
+        tile: bool | None = None,
         checkpointing: bool | None = None,
     ) -> None:
         super().__init__()
@@ -107,7 +110,7 @@ class TextureSynthesis(L.LightningModule):
             exemplar_tensor = center_crop_resize(exemplar_tensor, prep)
         self.output_size: Size = parse_size(size) or tuple(exemplar_tensor.shape[-2:])  # type: ignore[assignment]
 
-        self.tile = bool(tile)
+        self.tile = resolve_tile(tile, tuple(exemplar_tensor.shape[-2:]), self.output_size)
         if self.tile:
             make_periodic(recipe.backbone, recipe.losses.values())
         self.loss_terms = nn.ModuleDict(recipe.losses)

@@ -158,6 +158,7 @@ def coarse_to_fine_start(
     require_coarse_starts(starts)
     options = {k: v for k, v in module_options.items() if k not in ("size", "exemplar_size", "init", "seed")}
     options["preset"] = module.preset  # resolved once (and reported once)
+    options["tile"] = module.tile  # as resolved for the full size (auto: larger than the exemplar)
     height, width = module.output_size
     ex_h, ex_w = module.exemplar.shape[-2:]
     stages: list[Any] = []

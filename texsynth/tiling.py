@@ -16,7 +16,9 @@ component. Two more places would otherwise put a seam back in:
   weight-free default at 256x256: seam score 2.3-3.0 instead of about 1);
   :func:`periodic_resize` wraps around.
 
-Measured in benchmarks/README.md, "Seamless tiles".
+Outputs larger than the exemplar are tiled too unless asked otherwise (:func:`resolve_tile`).
+
+Measured in benchmarks/README.md, "Seamless tiles" and "Outputs larger than the exemplar".
 """
 
 from __future__ import annotations
@@ -29,11 +31,30 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.transforms.functional import gaussian_blur
 
-from texsynth.backbones.base import Backbone, set_circular_padding
+from texsynth.backbones.base import Backbone, circular_pad, set_circular_padding
+from texsynth.errors import InvalidArgumentError
 from texsynth.losses.spectrum import periodic_component
 
 #: blur of the exemplar whose border jumps count as lighting, as a fraction of its larger side
 LIGHTING_SCALE = 1 / 32
+
+
+def resolve_tile(tile: bool | None, exemplar_size: tuple[int, int], output_size: tuple[int, int]) -> bool:
+    """``tile``, or for ``None`` whether the output is larger than the exemplar in either dimension.
+
+    Why larger outputs wrap around by default: with zero (or mirrored) padding the positions
+    near the borders have statistics of their own, and they are a larger share of a small
+    exemplar's features than of a large output's. Matching them, outputs twice the exemplar's
+    size grew a frame along their borders (a pale, streaky band on bubbly_0139, a dark rim on
+    blotchy_0025) and structure anchored to it, with a washed-out centre; with circular padding
+    every position is alike and the frame goes away. A larger output is a tile then, which
+    costs nothing.
+    """
+    if tile is None:
+        return output_size[0] > exemplar_size[0] or output_size[1] > exemplar_size[1]
+    if not isinstance(tile, bool):
+        raise InvalidArgumentError(f"tile must be True, False or None (auto), got {tile!r}")
+    return tile
 
 
 def make_periodic(backbone: nn.Module, losses: Iterable[nn.Module]) -> None:
@@ -73,14 +94,6 @@ def _wrap_margin(coarse: int, fine: int) -> tuple[int, int]:
     return margin, margin * fine // coarse
 
 
-def _wrap_pad(image: torch.Tensor, top: int, left: int) -> torch.Tensor:
-    height, width = image.shape[-2:]
-    reps_h, reps_w = 1 + 2 * math.ceil(top / height), 1 + 2 * math.ceil(left / width)
-    tiled = image.repeat(1, 1, reps_h, reps_w)
-    y0, x0 = (reps_h // 2) * height - top, (reps_w // 2) * width - left
-    return tiled[..., y0:y0 + height + 2 * top, x0:x0 + width + 2 * left]
-
-
 def periodic_resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Bicubic resize of a periodic ``(B, C, h, w)`` image to ``size``, wrapping around its borders.
 
@@ -92,7 +105,7 @@ def periodic_resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     out_h, out_w = size
     top, crop_top = _wrap_margin(height, out_h)
     left, crop_left = _wrap_margin(width, out_w)
-    padded = _wrap_pad(image, top, left)
+    padded = circular_pad(image, top, left)
     resized = F.interpolate(padded, size=(out_h + 2 * crop_top, out_w + 2 * crop_left), mode="bicubic",
                             align_corners=False)
     return resized[..., crop_top:crop_top + out_h, crop_left:crop_left + out_w]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from texsynth.errors import InvalidArgumentError
@@ -86,6 +88,20 @@ def freeze_module(module: nn.Module) -> nn.Module:
             del submodule._parameters[name]
             submodule.register_buffer(name, param.detach(), persistent=False)
     return nn.Module.train(module, False)
+
+
+def circular_pad(image: torch.Tensor, pad_h: int, pad_w: int) -> torch.Tensor:
+    """Pad ``(..., H, W)`` by ``pad_h`` rows and ``pad_w`` columns on each side with the image's
+    periodic extension, by any amount: ``F.pad``'s circular mode refuses to wrap around more
+    than once, which a small coarse level of a tiled pyramid needs (a 16x16 exemplar's 4x4
+    level under an 11x11 kernel)."""
+    height, width = image.shape[-2:]
+    if pad_h <= height and pad_w <= width:
+        return F.pad(image, (pad_w, pad_w, pad_h, pad_h), mode="circular")
+    reps_h, reps_w = 1 + 2 * math.ceil(pad_h / height), 1 + 2 * math.ceil(pad_w / width)
+    tiled = image.repeat(*([1] * (image.dim() - 2)), reps_h, reps_w)
+    top, left = (reps_h // 2) * height - pad_h, (reps_w // 2) * width - pad_w
+    return tiled[..., top:top + height + 2 * pad_h, left:left + width + 2 * pad_w]
 
 
 def set_circular_padding(module: nn.Module, enabled: bool = True) -> None:

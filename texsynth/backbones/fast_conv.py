@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from texsynth.backbones.base import circular_pad
 from texsynth.errors import InvalidArgumentError
 
 METHODS = ("auto", "direct", "matmul", "fft")
@@ -85,6 +86,8 @@ class FastConv2d(nn.Conv2d):
     def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         method = self.resolved_method(input)
         if method == "direct":
+            if self.padding_mode == "circular":  # torch's own circular padding wraps around once at most
+                return F.conv2d(self._pad(input), weight, bias)
             return super()._conv_forward(input, weight, bias)
         padded = self._pad(input)
         if method == "matmul":
@@ -95,6 +98,8 @@ class FastConv2d(nn.Conv2d):
         ph, pw = self.padding
         if ph == pw == 0:
             return input
+        if self.padding_mode == "circular":
+            return circular_pad(input, ph, pw)
         mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
         return F.pad(input, (pw, pw, ph, ph), mode=mode)
 
@@ -268,6 +273,6 @@ def _conv_input_grad(conv: FastConv2d, method: str, grad_output: torch.Tensor, i
     # circular / reflect: the adjoint of the padding, by autograd on a 3-channel image
     with torch.enable_grad():
         probe = grad_padded.new_zeros(image_shape, requires_grad=True)
-        padded = F.pad(probe, (pw, pw, ph, ph), mode=conv.padding_mode)
+        padded = conv._pad(probe)
         (grad_image,) = torch.autograd.grad(padded, probe, grad_padded)
     return grad_image
