@@ -47,8 +47,9 @@ def resolve_tile(tile: bool | None, exemplar_size: tuple[int, int], output_size:
     exemplar's features than of a large output's. Matching them, outputs twice the exemplar's
     size grew a frame along their borders (a pale, streaky band on bubbly_0139, a dark rim on
     blotchy_0025) and structure anchored to it, with a washed-out centre; with circular padding
-    every position is alike and the frame goes away. A larger output is a tile then, which
-    costs nothing.
+    every position is alike and the frame goes away. The output is then a tile, and its targets
+    lose the exemplar's large-scale lighting (:func:`tile_targets_source`), colour layouts that
+    span the exemplar included.
     """
     if tile is None:
         return output_size[0] > exemplar_size[0] or output_size[1] > exemplar_size[1]
