@@ -18,7 +18,7 @@ from texsynth.cli import main
 from texsynth.errors import InvalidArgumentError
 from texsynth.examples import load_example
 from texsynth.init import random_phase_noise
-from texsynth.losses.spectrum import exemplar_spectrum, periodic_component
+from texsynth.losses.spectrum import SpectrumLoss, exemplar_spectrum, periodic_component, spectrum_projection
 from texsynth.metrics import seam_score
 from texsynth.tiling import periodic_resize, tile_targets_source
 
@@ -204,3 +204,62 @@ def test_a_tiled_exemplar_smaller_than_its_coarsest_padding_runs_with_the_right_
         gradients.append(torch.autograd.grad(sum((f ** 2).mean() for f in features.values()), image)[0])
     torch.testing.assert_close(gradients[0], gradients[1], rtol=1e-4, atol=1e-6)
     assert float(gradients[0].abs().max()) > 0
+
+
+# ---------------------------------------------------------------- larger outputs: the resampled modulus
+def _stripes(size: int = 16, cycles: int = 3) -> torch.Tensor:
+    x = torch.arange(size, dtype=torch.float32)
+    row = 0.5 + 0.3 * torch.sin(2 * torch.pi * cycles * x / size)
+    return row.expand(1, 3, size, size).clone()
+
+
+def _peak_neighbour_ratio(spectrum: torch.Tensor) -> float:
+    """The strongest frequency's stronger neighbour along the stripes' axis, relative to it
+    (channel 0): two close frequencies of similar strength beat."""
+    modulus = spectrum[0, 0, 0].abs()
+    modulus[0] = 0
+    peak = int(modulus.argmax())
+    return float(torch.maximum(modulus[peak - 1], modulus[(peak + 1) % modulus.numel()]) / modulus[peak])
+
+
+@pytest.mark.parametrize("size", [(32, 32), (32, 48)])
+def test_sharp_upsampling_keeps_a_periodic_peak_in_one_bin_the_texton_spreads_it(size):
+    stripes = _stripes()
+    assert _peak_neighbour_ratio(exemplar_spectrum(stripes, size)) < 0.25
+    assert _peak_neighbour_ratio(exemplar_spectrum(stripes, size, upsample="texton")) > 0.5  # about 2/pi
+
+
+def test_projection_on_a_sharp_larger_target_has_no_beat():
+    """Rows that fade and return region by region: the local amplitude of the stripes
+    after projecting noise onto the target modulus, across the output."""
+    stripes = _stripes()
+    noise = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+
+    def amplitude_spread(upsample: str) -> float:
+        target = exemplar_spectrum(stripes, (64, 64), upsample=upsample)
+        projected = spectrum_projection(noise, target)[0, 0]
+        blocks = (projected - projected.mean()).pow(2).reshape(8, 8, 8, 8).mean(dim=(1, 3)).sqrt()
+        return float(blocks.std() / blocks.mean())
+
+    sharp, texton = amplitude_spread("sharp"), amplitude_spread("texton")
+    assert texton > 2 * sharp  # 0.33 and 0.15: what is left is the background texture's own spread
+
+
+@pytest.mark.parametrize("size", [(32, 32), (40, 24), (37, 51), (12, 40)])
+def test_sharp_upsampling_keeps_mean_variance_and_a_real_image(size):
+    exemplar = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    sharp = exemplar_spectrum(exemplar, size)
+    texton = exemplar_spectrum(exemplar, size, upsample="texton")
+    torch.testing.assert_close(sharp[..., 0, 0], texton[..., 0, 0])
+    energy = lambda s: s.abs().pow(2).sum(dim=(-2, -1)) - s[..., 0, 0].abs().pow(2)  # noqa: E731
+    torch.testing.assert_close(energy(sharp), energy(texton), rtol=0.1, atol=0)
+    image = torch.fft.ifft2(sharp)
+    assert float(image.imag.abs().max()) < 1e-4 * float(image.real.abs().max())
+
+
+def test_upsample_is_checked_and_irrelevant_for_outputs_no_larger_than_the_exemplar():
+    exemplar = torch.rand(1, 3, 16, 16)
+    torch.testing.assert_close(exemplar_spectrum(exemplar, (16, 16), upsample="texton"),
+                               exemplar_spectrum(exemplar, (16, 16)))
+    with pytest.raises(InvalidArgumentError, match="upsample"):
+        SpectrumLoss(upsample="nearest")

@@ -37,12 +37,18 @@ class ChromaSpectrumLoss(SpectrumLoss):
         gray_level: chroma standard deviation (0…1) below which the exemplar counts as gray.
         eps: regularizer of the phase normalization.
         periodic: the exemplar's periodic component as target (on for tileable outputs).
+        upsample: the target modulus of outputs larger than the exemplar (see SpectrumLoss).
     """
 
     def __init__(
-        self, gray_level: float = GRAY_LEVEL, eps: float = 1e-11, periodic: bool = False, weight: float = 1.0
+        self,
+        gray_level: float = GRAY_LEVEL,
+        eps: float = 1e-11,
+        periodic: bool = False,
+        upsample: str = "sharp",
+        weight: float = 1.0,
     ) -> None:
-        super().__init__(mode="chroma", eps=eps, reduction="mean", periodic=periodic, weight=weight)
+        super().__init__(mode="chroma", eps=eps, reduction="mean", periodic=periodic, upsample=upsample, weight=weight)
         if not (isinstance(gray_level, (int, float)) and gray_level > 0):
             raise InvalidArgumentError(f"chroma_spectrum gray_level must be a number > 0, got {gray_level!r}")
         self.gray_level = float(gray_level)

@@ -31,6 +31,8 @@ from texsynth.losses.registry import register_loss
 
 LUMINANCE_WEIGHTS = (0.2989, 0.587, 0.114)
 SPECTRUM_MODES = ("color", "luminance", "chroma")
+#: how a larger output's target modulus is resampled from the exemplar's (see exemplar_spectrum)
+UPSAMPLING_MODES = ("sharp", "texton")
 
 
 def luminance(image: torch.Tensor) -> torch.Tensor:
@@ -152,8 +154,66 @@ def periodic_component(image: torch.Tensor) -> torch.Tensor:
     return image - torch.fft.ifft2(smooth_hat).real
 
 
+def _bracketing_bins(out_size: int, exemplar_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each frequency bin of an ``out_size`` grid, the two bins of the ``exemplar_size`` grid
+    around it (the same bin twice where it is the nearest fine bin to an exemplar bin)."""
+    fine = torch.arange(out_size, device=device)
+    signed = torch.where(fine > out_size // 2, fine - out_size, fine).double()
+    position = signed * exemplar_size / out_size  # in exemplar bins
+    nearest = torch.round(position)
+    anchored = torch.round(nearest * out_size / exemplar_size) == signed
+    low = torch.where(anchored, nearest, torch.floor(position)).long() % exemplar_size
+    high = torch.where(anchored, nearest, torch.floor(position) + 1).long() % exemplar_size
+    return low, high
+
+
+def _box_sum(power: torch.Tensor, half_h: int, half_w: int) -> torch.Tensor:
+    """Sum over a (2·half_h+1) x (2·half_w+1) window, wrapping around the frequency grid."""
+    rows = sum(torch.roll(power, shift, dims=-2) for shift in range(-half_h, half_h + 1))
+    return sum(torch.roll(rows, shift, dims=-1) for shift in range(-half_w, half_w + 1))
+
+
+def sharp_upsampled_modulus(exemplar_modulus: torch.Tensor, texton_spectrum: torch.Tensor) -> torch.Tensor:
+    """The modulus on a finer frequency grid, without the texton's sidelobes.
+
+    Zero-padding the exemplar (the texton) interpolates its spectrum with a sinc: a sharp peak
+    (a row of bricks) gets neighbours at about 2/pi of its height, and two close frequencies of
+    similar strength beat, so the rows fade and return region by region. Here each exemplar
+    bin keeps its value at its nearest fine bin, a bin in between takes the smallest modulus
+    of the exemplar bins around it (a peak does not spread), and the result is scaled so that
+    the energy of each small neighbourhood equals the texton's: the per-pixel variance is
+    kept, and a peak gathers the energy its sidelobes had.
+
+    Args:
+        exemplar_modulus: ``(..., h, w)`` modulus of the exemplar's DFT, mean removed.
+        texton_spectrum: ``(..., H, W)`` DFT of the zero-padded texton (mean removed), H >= h, W >= w.
+    """
+    height, width = exemplar_modulus.shape[-2:]
+    out_h, out_w = texton_spectrum.shape[-2:]
+    device = exemplar_modulus.device
+    low_h, high_h = _bracketing_bins(out_h, height, device)
+    low_w, high_w = _bracketing_bins(out_w, width, device)
+    modulus = exemplar_modulus.clone()
+    modulus[..., 0, 0] = float("inf")  # the mean is not a neighbour
+    rows = torch.minimum(modulus[..., low_h, :], modulus[..., high_h, :])
+    envelope = torch.minimum(rows[..., :, low_w], rows[..., :, high_w])
+    envelope[..., 0, 0] = 0
+    envelope = torch.nan_to_num(envelope, posinf=0.0)
+    texton_power = texton_spectrum.abs().pow(2)
+    texton_power[..., 0, 0] = 0
+    half_h, half_w = max(1, round(out_h / height)), max(1, round(out_w / width))
+    ratio = _box_sum(texton_power, half_h, half_w) / _box_sum(envelope.pow(2), half_h, half_w).clamp_min(1e-30)
+    sharpened = envelope * ratio.sqrt()
+    mirrored = torch.roll(torch.flip(sharpened, dims=(-2, -1)), shifts=(1, 1), dims=(-2, -1))
+    return 0.5 * (sharpened + mirrored)
+
+
 def exemplar_spectrum(
-    exemplar: torch.Tensor, output_size: tuple[int, int], mode: str = "color", periodic: bool = False
+    exemplar: torch.Tensor,
+    output_size: tuple[int, int],
+    mode: str = "color",
+    periodic: bool = False,
+    upsample: str = "sharp",
 ) -> torch.Tensor:
     """The exemplar's Fourier transform at the output size.
 
@@ -164,8 +224,13 @@ def exemplar_spectrum(
       texture synthesis, Galerne, Gousseau & Morel 2011), scaled to keep the per-pixel
       variance, with the mean restored. Its modulus is the exemplar's spectrum smoothly
       resampled to the finer frequency grid, and the relative phases of the colour channels
-      are kept, so colours stay consistent.
+      are kept, so colours stay consistent. With ``upsample="sharp"`` (the default) the
+      modulus is :func:`sharp_upsampled_modulus` instead: the texton's sinc interpolation
+      spreads a periodic peak over neighbouring bins, and their beat makes rows of bricks fade
+      region by region.
     """
+    if upsample not in UPSAMPLING_MODES:
+        raise InvalidArgumentError(f"spectrum upsample must be one of {', '.join(UPSAMPLING_MODES)}, got {upsample!r}")
     image = at_least_float32(spectrum_signal(exemplar, mode))
     height, width = image.shape[-2:]
     out_h, out_w = output_size
@@ -179,7 +244,13 @@ def exemplar_spectrum(
     mean = image.mean(dim=(-2, -1), keepdim=True)
     texton = torch.zeros(*image.shape[:-2], out_h, out_w, dtype=image.dtype, device=image.device)
     texton[..., :crop_h, :crop_w] = image - mean
-    spectrum = torch.fft.fft2(texton) * ((out_h * out_w) / (crop_h * crop_w)) ** 0.5
+    scale = ((out_h * out_w) / (crop_h * crop_w)) ** 0.5
+    spectrum = torch.fft.fft2(texton) * scale
+    if upsample == "sharp":
+        modulus = sharp_upsampled_modulus(torch.fft.fft2(image - mean).abs() * scale, spectrum)
+        texton_modulus = spectrum.abs()
+        phase = torch.where(texton_modulus > 0, spectrum / texton_modulus.clamp_min(1e-30), torch.ones_like(spectrum))
+        spectrum = phase * modulus
     spectrum[..., 0, 0] = mean[..., 0, 0] * out_h * out_w
     return spectrum
 
@@ -196,6 +267,9 @@ class SpectrumLoss(TextureLoss):
             independent of the image size, so one weight serves every size).
         periodic: use the exemplar's periodic component (no border cross in its spectrum);
             on for tileable outputs.
+        upsample: for outputs larger than the exemplar, ``"sharp"`` (periodic peaks stay in
+            one frequency bin) or ``"texton"`` (the zero-padded exemplar's spectrum, Galerne et
+            al. 2011); see :func:`exemplar_spectrum`.
     """
 
     layers = ()
@@ -206,9 +280,15 @@ class SpectrumLoss(TextureLoss):
         eps: float = 1e-11,
         reduction: str = "sum",
         periodic: bool = False,
+        upsample: str = "sharp",
         weight: float = 1.0,
     ) -> None:
         super().__init__(weight)
+        if upsample not in UPSAMPLING_MODES:
+            raise InvalidArgumentError(
+                f"spectrum upsample must be one of {', '.join(UPSAMPLING_MODES)}, got {upsample!r}"
+            )
+        self.upsample = upsample
         if reduction not in ("sum", "mean"):
             raise InvalidArgumentError(f"spectrum reduction must be 'sum' or 'mean', got {reduction!r}")
         self.reduction = reduction
@@ -221,7 +301,7 @@ class SpectrumLoss(TextureLoss):
         self.eps = eps
 
     def set_target(self, exemplar: torch.Tensor, features: Features, output_size: tuple[int, int]) -> None:
-        self.register_buffer("target", exemplar_spectrum(exemplar, output_size, self.mode, self.periodic), persistent=False)
+        self.register_buffer("target", exemplar_spectrum(exemplar, output_size, self.mode, self.periodic, self.upsample), persistent=False)
         self.register_buffer("tie_break", tie_break_phase(output_size, exemplar.device), persistent=False)
 
     def forward(self, image: torch.Tensor, features: Features) -> torch.Tensor:
