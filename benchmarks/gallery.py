@@ -89,7 +89,7 @@ def larger_figure(args: argparse.Namespace) -> None:
     """Outputs twice the exemplar's size: 128x128 exemplar | 256x256 with zero padding
     (``tile=False``) | 256x256 as texsynth makes it by default (wrapping around)."""
     size, gap, label = 256, 6, 18
-    names = ("cracks", "cells")
+    names = ("bricks", "cracks", "cells")
     figure = Image.new("RGB", (128 + 2 * size + 2 * gap, len(names) * (size + label + gap)), "white")
     draw = ImageDraw.Draw(figure)
     for row, name in enumerate(names):

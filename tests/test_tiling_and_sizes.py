@@ -263,3 +263,18 @@ def test_upsample_is_checked_and_irrelevant_for_outputs_no_larger_than_the_exemp
                                exemplar_spectrum(exemplar, (16, 16)))
     with pytest.raises(InvalidArgumentError, match="upsample"):
         SpectrumLoss(upsample="nearest")
+
+
+def test_the_texton_modulus_is_one_loss_option_away():
+    exemplar = load_example("cells", size=16)
+    targets = {}
+    for upsample in ("sharp", "texton"):
+        module = TextureSynthesis(exemplar, **TINY_BACKBONE, size=32, seed=0,
+                                  losses={"spectrum": {"upsample": upsample}})
+        module.compute_losses()
+        loss = module.loss_terms["spectrum"]
+        assert loss.upsample == upsample and loss.spec[1]["upsample"] == upsample  # recorded in configs
+        expected = exemplar_spectrum(module.exemplar, (32, 32), loss.mode, periodic=True, upsample=upsample)
+        torch.testing.assert_close(loss.target, expected)
+        targets[upsample] = loss.target
+    assert not torch.allclose(targets["sharp"].abs(), targets["texton"].abs(), rtol=0.1)

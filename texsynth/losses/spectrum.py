@@ -154,6 +154,11 @@ def periodic_component(image: torch.Tensor) -> torch.Tensor:
     return image - torch.fft.ifft2(smooth_hat).real
 
 
+def check_upsample(upsample: str) -> None:
+    if upsample not in UPSAMPLING_MODES:
+        raise InvalidArgumentError(f"spectrum upsample must be one of {', '.join(UPSAMPLING_MODES)}, got {upsample!r}")
+
+
 def _bracketing_bins(out_size: int, exemplar_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """For each frequency bin of an ``out_size`` grid, the two bins of the ``exemplar_size`` grid
     around it (the same bin twice where it is the nearest fine bin to an exemplar bin)."""
@@ -229,8 +234,7 @@ def exemplar_spectrum(
       spreads a periodic peak over neighbouring bins, and their beat makes rows of bricks fade
       region by region.
     """
-    if upsample not in UPSAMPLING_MODES:
-        raise InvalidArgumentError(f"spectrum upsample must be one of {', '.join(UPSAMPLING_MODES)}, got {upsample!r}")
+    check_upsample(upsample)
     image = at_least_float32(spectrum_signal(exemplar, mode))
     height, width = image.shape[-2:]
     out_h, out_w = output_size
@@ -284,10 +288,7 @@ class SpectrumLoss(TextureLoss):
         weight: float = 1.0,
     ) -> None:
         super().__init__(weight)
-        if upsample not in UPSAMPLING_MODES:
-            raise InvalidArgumentError(
-                f"spectrum upsample must be one of {', '.join(UPSAMPLING_MODES)}, got {upsample!r}"
-            )
+        check_upsample(upsample)
         self.upsample = upsample
         if reduction not in ("sum", "mean"):
             raise InvalidArgumentError(f"spectrum reduction must be 'sum' or 'mean', got {reduction!r}")
