@@ -155,6 +155,7 @@ def periodic_component(image: torch.Tensor) -> torch.Tensor:
 
 
 def check_upsample(upsample: str) -> None:
+    """Refuse an unknown ``upsample`` with the known ones in the message."""
     if upsample not in UPSAMPLING_MODES:
         raise InvalidArgumentError(f"spectrum upsample must be one of {', '.join(UPSAMPLING_MODES)}, got {upsample!r}")
 
@@ -202,8 +203,7 @@ def sharp_upsampled_modulus(exemplar_modulus: torch.Tensor, texton_spectrum: tor
     modulus[..., 0, 0] = float("inf")  # the mean is not a neighbour
     rows = torch.minimum(modulus[..., low_h, :], modulus[..., high_h, :])
     envelope = torch.minimum(rows[..., :, low_w], rows[..., :, high_w])
-    envelope[..., 0, 0] = 0
-    envelope = torch.nan_to_num(envelope, posinf=0.0)
+    envelope = torch.nan_to_num(envelope, posinf=0.0)  # the mean's own bin, whose only neighbour is itself
     texton_power = texton_spectrum.abs().pow(2)
     texton_power[..., 0, 0] = 0
     half_h, half_w = max(1, round(out_h / height)), max(1, round(out_w / width))
