@@ -162,15 +162,16 @@ def check_upsample(upsample: str) -> None:
 
 def _bracketing_bins(out_size: int, exemplar_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """For each frequency bin of an ``out_size`` grid, the two bins of the ``exemplar_size`` grid
-    around it (the same bin twice where it is the nearest fine bin to an exemplar bin)."""
-    fine = torch.arange(out_size, device=device)
+    around it (the same bin twice where it is the nearest fine bin to an exemplar bin).
+    Computed on the CPU in float64 (exact for any size; MPS has no float64)."""
+    fine = torch.arange(out_size)
     signed = torch.where(fine > out_size // 2, fine - out_size, fine).double()
     position = signed * exemplar_size / out_size  # in exemplar bins
     nearest = torch.round(position)
     anchored = torch.round(nearest * out_size / exemplar_size) == signed
     low = torch.where(anchored, nearest, torch.floor(position)).long() % exemplar_size
     high = torch.where(anchored, nearest, torch.floor(position) + 1).long() % exemplar_size
-    return low, high
+    return low.to(device), high.to(device)
 
 
 def _box_sum(power: torch.Tensor, half_h: int, half_w: int) -> torch.Tensor:
