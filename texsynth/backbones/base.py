@@ -104,6 +104,14 @@ def circular_pad(image: torch.Tensor, pad_h: int, pad_w: int) -> torch.Tensor:
     return tiled[..., top:top + height + 2 * pad_h, left:left + width + 2 * pad_w]
 
 
+def pad2d(image: torch.Tensor, pad_h: int, pad_w: int, mode: str) -> torch.Tensor:
+    """Pad ``(..., H, W)`` on each side with an ``nn.Conv2d`` padding mode ("zeros", "reflect",
+    "replicate", "circular"); circular padding wraps around as often as needed."""
+    if mode == "circular":
+        return circular_pad(image, pad_h, pad_w)
+    return F.pad(image, (pad_w, pad_w, pad_h, pad_h), mode="constant" if mode == "zeros" else mode)
+
+
 def set_circular_padding(module: nn.Module, enabled: bool = True) -> None:
     """Switch every padded ``Conv2d`` in ``module`` to circular (or back to zero) padding."""
     for submodule in module.modules():

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from texsynth.backbones.base import circular_pad
+from texsynth.backbones.base import pad2d
 from texsynth.errors import InvalidArgumentError
 
 METHODS = ("auto", "direct", "matmul", "fft")
@@ -98,10 +98,7 @@ class FastConv2d(nn.Conv2d):
         ph, pw = self.padding
         if ph == pw == 0:
             return input
-        if self.padding_mode == "circular":
-            return circular_pad(input, ph, pw)
-        mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
-        return F.pad(input, (pw, pw, ph, ph), mode=mode)
+        return pad2d(input, ph, pw, self.padding_mode)
 
     def _filter_spectrum(self, weight: torch.Tensor, padded_size: torch.Size) -> torch.Tensor:
         shape = fft_shape(padded_size)

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from texsynth.backbones._random import random_conv
-from texsynth.backbones.base import Backbone, circular_pad
+from texsynth.backbones.base import Backbone, pad2d
 from texsynth.backbones.fast_conv import banks_relu
 from texsynth.backbones.registry import register_backbone
 from texsynth.errors import InvalidArgumentError
@@ -40,10 +40,7 @@ class Downsample(nn.Module):
         self.padding_mode = "reflect"
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        if self.padding_mode == "circular":
-            padded = circular_pad(image, 2, 2)  # tiled coarse levels may be smaller than the padding
-        else:
-            padded = F.pad(image, (2, 2, 2, 2), mode=self.padding_mode)
+        padded = pad2d(image, 2, 2, self.padding_mode)  # tiled coarse levels may be smaller than the padding
         return F.conv2d(padded, self.kernel.to(image.dtype), stride=2, groups=3)
 
 
