@@ -15,6 +15,7 @@ from texsynth.losses import (
     luminance,
     spectrum_projection,
 )
+from texsynth.losses.gram import GRAM_BLOCK_CHANNELS
 from texsynth.losses.spectrum import exemplar_spectrum, spectrum_signal
 
 
@@ -53,6 +54,16 @@ def test_gram_matrix_gradient_is_exact_including_second_order():
     (ours,) = torch.autograd.grad((gram_matrix(features, "none") * weights).sum(), features)
     (plain,) = torch.autograd.grad((torch.einsum("bchw,bdhw->bcd", features, features) * weights).sum(), features)
     torch.testing.assert_close(ours, plain)
+
+
+@pytest.mark.parametrize("channels", [GRAM_BLOCK_CHANNELS + 1, 2 * GRAM_BLOCK_CHANNELS + 22])
+def test_gram_matrix_by_block_rows_equals_the_full_product(channels):
+    # on CPU, more channels than a block: only the upper triangle's block rows are multiplied
+    features = torch.randn(2, channels, 3, 4, dtype=torch.float64, requires_grad=True)
+    expected = torch.einsum("bchw,bdhw->bcd", features, features)
+    gram = gram_matrix(features, "none")
+    torch.testing.assert_close(gram, expected)
+    assert torch.autograd.gradcheck(lambda f: gram_matrix(f, "none"), (features,), fast_mode=True)
 
 
 def test_gram_loss_gradcheck_in_float64():

@@ -247,7 +247,9 @@ class _BanksReLU(torch.autograd.Function):
         start = 0
         for conv, method in zip(ctx.convs, ctx.methods):
             stop = start + conv.out_channels
-            grad_bank = grad_output[:, start:stop] * (output[:, start:stop] > 0)
+            # the ReLU's backward in one pass (a mask times the gradient is three: compare,
+            # convert, multiply; 2x slower at 128 x 256x256)
+            grad_bank = torch.ops.aten.threshold_backward(grad_output[:, start:stop], output[:, start:stop], 0.0)
             grad = _conv_input_grad(conv, method, grad_bank, ctx.image_shape)
             grad_image = grad if grad_image is None else grad_image.add_(grad)
             start = stop

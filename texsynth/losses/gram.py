@@ -45,6 +45,31 @@ def gram_matrix(features: torch.Tensor, normalization: str = "chw") -> torch.Ten
         return _SelfOuterProduct.apply(flat) / divisor
 
 
+#: channels per block row of the CPU Gram product (:func:`self_outer_product`)
+GRAM_BLOCK_CHANNELS = 64
+
+
+def self_outer_product(flat: torch.Tensor) -> torch.Tensor:
+    """``bmm(F, Fᵀ)`` for ``(B, C, N)`` ``F``; on CPU by block rows of the upper triangle.
+
+    The product is symmetric, so its blocks below the diagonal are transposes of those
+    above: computing only ``F[i:i+64] F[i:]ᵀ`` does a little over half the arithmetic. On
+    this CPU that is 1.2-1.5x faster (384 x 256² channels x pixels: 88 -> 73 ms), with a
+    result equal to the full product's (benchmarks/README.md, "Cheaper evaluations").
+    GPUs keep the single product (not measured there).
+    """
+    channels = flat.shape[1]
+    if flat.device.type != "cpu" or channels <= GRAM_BLOCK_CHANNELS:
+        return torch.bmm(flat, flat.transpose(1, 2))
+    gram = flat.new_empty(flat.shape[0], channels, channels)
+    for top in range(0, channels, GRAM_BLOCK_CHANNELS):
+        bottom = min(top + GRAM_BLOCK_CHANNELS, channels)
+        rows = torch.bmm(flat[:, top:bottom], flat[:, top:].transpose(1, 2))
+        gram[:, top:bottom, top:] = rows
+        gram[:, bottom:, top:bottom] = rows[:, :, bottom - top:].transpose(1, 2)
+    return gram
+
+
 class _SelfOuterProduct(torch.autograd.Function):
     """``F Fᵀ`` with a backward pass of one matrix product instead of two.
 
@@ -59,7 +84,7 @@ class _SelfOuterProduct(torch.autograd.Function):
     @staticmethod
     def forward(ctx, flat: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(flat)
-        return torch.bmm(flat, flat.transpose(1, 2))
+        return self_outer_product(flat)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
