@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from texsynth.losses.base import at_least_float32
+from texsynth.losses.gram import gram_matrix
 from texsynth.losses.layered import LayeredLoss
 from texsynth.losses.registry import register_loss
 
@@ -23,7 +24,9 @@ def mean_and_covariance(features: torch.Tensor, eps: float = EPSILON) -> tuple[t
     flat = at_least_float32(features).flatten(2)
     mean = flat.mean(dim=-1)
     centred = flat - mean.unsqueeze(-1)
-    covariance = centred @ centred.transpose(1, 2) / flat.shape[-1]
+    # a Gram matrix of the centred features over their N positions ("hw": / N), which
+    # gram_matrix computes with its one-product backward (and, on CPU, by block rows)
+    covariance = gram_matrix(centred.unsqueeze(-1), "hw")
     identity = torch.eye(flat.shape[1], device=flat.device, dtype=flat.dtype)
     return mean, covariance + eps * identity
 
