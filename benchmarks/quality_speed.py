@@ -62,10 +62,11 @@ HERE = Path(__file__).resolve().parent
 DEFAULT_TEXTURES = HERE.parent.parent / "shared" / "textures"
 METRICS = ("swd", "spectrum", "lbp", "color")
 # tolerances 0: with its 1e9-weighted loss the reference never stops a step early; with the
-# scale-free losses torch's default tolerances would cut its steps short.
+# scale-free losses torch's default tolerances would cut its steps short. loss_scale 1: the
+# reference's L-BFGS sees its losses as weighted (times --reference-loss-scale), nothing more.
 REFERENCE_RECIPE = {"init": "sigmoid", "coarse_levels": 0,
                     "lbfgs": {"lr": 1.0, "max_iter": 20, "history_size": 100, "line_search_fn": None,
-                              "tolerance_grad": 0.0, "tolerance_change": 0.0}}
+                              "tolerance_grad": 0.0, "tolerance_change": 0.0, "loss_scale": 1.0}}
 #: Without a line search, L-BFGS depends on the loss's scale: its first step is the gradient
 #: divided by its L1 norm when that exceeds 1 (else the raw gradient), and it keeps a curvature
 #: pair only when y's > 1e-10. On the scale-free losses (x1) torch drops every pair for the

@@ -46,6 +46,7 @@ from texsynth.examples import load_example
 from texsynth.image_io import center_crop_resize, load_image
 from texsynth.losses import gram_matrix
 from texsynth.losses.spectrum import spectrum_projection, tie_break_phase
+from texsynth.presets import torch_lbfgs_options
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_EXEMPLAR = HERE.parent.parent / "shared" / "textures" / "bubbly_0139.png"
@@ -193,7 +194,7 @@ def module_problem(exemplar, **options):
         features = module.extractor(image)
         return sum(loss.weight * loss(image, features) for loss in losses)
 
-    return image, loss_fn, module.lbfgs_options
+    return image, loss_fn, torch_lbfgs_options(module.lbfgs_options)
 
 
 def time_floor_vgg(state, exemplar, size, evals) -> float:

@@ -110,6 +110,34 @@ def test_lbfgs_state_survives_between_fits_and_reset_starts_over(exemplar):
     assert not torch.equal(before, module.image.detach())
 
 
+def _curvature_pairs(module: TextureSynthesis) -> int:
+    return len(module._optimizer.state[module.image].get("old_dirs", []))
+
+
+def test_the_loss_scale_keeps_lbfgs_curvature_pairs_of_small_losses(exemplar):
+    # torch keeps a pair only when y·s > 1e-10: small enough losses lose every one, and L-BFGS
+    # crawls on stale curvature. L-BFGS minimizes the scaled loss; what is logged is not scaled.
+    small = {"gram": 1e-6, "spectrum": 1e-6, "chroma_spectrum": 1e-6}
+    pairs, totals = {}, {}
+    for scale in (1.0, 2.0**14):
+        module = _module(exemplar, losses=small, lbfgs={"max_iter": 5, "loss_scale": scale})
+        fit(module, 2, logdir=False, progress_bar=False, quiet=True)
+        pairs[scale], totals[scale] = _curvature_pairs(module), module.loss_history[-1]
+        with torch.no_grad():
+            assert module.loss_history[-1] == pytest.approx(float(module.compute_losses()["total"]), rel=1e-5)
+    assert pairs[1.0] == 0 and pairs[2.0**14] > 0
+    assert totals[2.0**14] < totals[1.0]
+
+
+def test_the_loss_scale_is_the_same_as_multiplying_every_weight(exemplar):
+    scaled = _module(exemplar, lbfgs={"max_iter": 4, "loss_scale": 2.0**10})
+    weights = {name: loss.weight * 2.0**10 for name, loss in scaled.loss_terms.items()}
+    weighted = _module(exemplar, losses=weights, lbfgs={"max_iter": 4, "loss_scale": 1.0})
+    for module in (scaled, weighted):
+        fit(module, 2, logdir=False, progress_bar=False, quiet=True)
+    assert torch.equal(scaled.image, weighted.image)  # a power of two scales exactly
+
+
 def test_same_seed_same_image_and_different_seed_differs(exemplar):
     images = []
     for seed in (3, 3, 4):
@@ -176,6 +204,7 @@ def test_user_loss_registered_in_user_code_is_used_by_name(exemplar):
         ({"init": "zeros"}, "unknown init 'zeros'"),
         ({"lbfgs": {"max_iter": 0}}, "max_iter"),
         ({"lbfgs": {"momentum": 0.9}}, "momentum"),
+        ({"lbfgs": {"loss_scale": 0}}, "loss_scale must be a positive number"),
         ({"size": 0}, "size must be positive"),
         ({"losses": {"gram": float("nan")}}, "finite"),
         ({"losses": {"nope": 1.0}}, "unknown loss 'nope'"),

@@ -33,7 +33,7 @@ from texsynth.image_io import ImageSource, Size, center_crop_resize, parse_size,
 from texsynth.init import INITS, initial_image
 from texsynth.losses.base import float32_statistics
 from texsynth.memory import check_memory
-from texsynth.presets import LBFGS_DEFAULTS, Preset
+from texsynth.presets import LBFGS_DEFAULTS, Preset, torch_lbfgs_options
 from texsynth.recipe import LossSpec, resolve_recipe
 from texsynth.tiling import make_periodic, periodic_resize, resolve_tile, tile_targets_source
 
@@ -57,7 +57,11 @@ class TextureSynthesis(L.LightningModule):
         seed: seeds the initial image; ``None`` draws one (recorded in ``hparams``).
         init: starting image (``sigmoid``, ``uniform``, ``gaussian``, ``random_phase``); default:
             the preset's (``gaussian`` for ``weight_free``, ``sigmoid`` for the others).
-        lbfgs: ``torch.optim.LBFGS`` options over the preset's (lr, max_iter, history_size, …).
+        lbfgs: ``torch.optim.LBFGS`` options over the preset's (lr, max_iter, history_size, …),
+            and ``loss_scale``: L-BFGS minimizes the total loss times this factor (so the
+            image's ``.grad`` is scaled too; logged losses are not). 2**14 in the strong-Wolfe
+            presets, whose scale-free losses would otherwise fall below torch's absolute
+            curvature threshold.
         variations: how many different textures to synthesize at once (a batch; each
             sample's losses are independent of the others').
         tile: make the output periodic (seamlessly tileable): circular padding in the
@@ -326,7 +330,7 @@ class TextureSynthesis(L.LightningModule):
     def configure_optimizers(self) -> torch.optim.Optimizer:
         # Reusing the optimizer keeps L-BFGS history across fits (``optimize`` continues).
         if self._optimizer is None or self._optimizer.param_groups[0]["params"][0] is not self.image:
-            self._optimizer = torch.optim.LBFGS([self.image], **self.lbfgs_options)
+            self._optimizer = torch.optim.LBFGS([self.image], **torch_lbfgs_options(self.lbfgs_options))
         return self._optimizer
 
     def train_dataloader(self) -> range:
@@ -350,13 +354,14 @@ class TextureSynthesis(L.LightningModule):
             self.num_evals += 1
             # outside autocast, as torch advises: the statistics' backward stays float32 (the
             # bfloat16 backbone's backward stays bfloat16, its tensors are)
+            objective = terms["total"] * self.lbfgs_options["loss_scale"]
             with float32_statistics(self.image.device):
-                self.manual_backward(terms["total"])
+                self.manual_backward(objective)
             # L-BFGS reads the loss on the host right after the closure anyway.
             if not torch.isfinite(terms["total"]):
                 raise _Diverged(float(terms["total"].detach()))
             self.last_losses = {name: value.detach() for name, value in terms.items()}
-            return terms["total"]
+            return objective
 
         try:
             optimizer.step(closure=closure)
@@ -417,9 +422,10 @@ def _check_lbfgs(options: Mapping[str, Any]) -> None:
         value = options[key]
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise InvalidArgumentError(f"L-BFGS {key} must be a positive integer, got {value!r}")
-    lr = options["lr"]
-    if not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
-        raise InvalidArgumentError(f"L-BFGS lr must be a positive number, got {lr!r}")
+    for key in ("lr", "loss_scale"):
+        value = options[key]
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
+            raise InvalidArgumentError(f"L-BFGS {key} must be a positive number, got {value!r}")
     if options["line_search_fn"] not in (None, "strong_wolfe"):
         raise InvalidArgumentError(
             f"L-BFGS line_search_fn must be None or 'strong_wolfe', got {options['line_search_fn']!r}"

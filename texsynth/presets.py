@@ -21,7 +21,16 @@ LBFGS_DEFAULTS: dict[str, Any] = {
     "line_search_fn": None,
     "tolerance_grad": 1e-7,
     "tolerance_change": 1e-9,
+    # not torch's: L-BFGS minimizes the total loss times this factor (see LBFGS_WOLFE)
+    "loss_scale": 1.0,
 }
+#: the options of LBFGS_DEFAULTS that are texsynth's, not ``torch.optim.LBFGS``'s
+TEXSYNTH_LBFGS_OPTIONS = ("loss_scale",)
+
+
+def torch_lbfgs_options(options: dict[str, Any]) -> dict[str, Any]:
+    """The options ``torch.optim.LBFGS`` takes, from texsynth's L-BFGS settings."""
+    return {key: value for key, value in options.items() if key not in TEXSYNTH_LBFGS_OPTIONS}
 
 
 #: L-BFGS steps of a run unless told otherwise (CLI, ``synthesize``, ``batch``): about 175
@@ -83,8 +92,13 @@ RANDOM_FILTER_LOSSES: dict[str, dict[str, Any]] = {
 #: tolerances off: the scale-free losses average over pixels, so near convergence their
 #: gradients fall below torch's default tolerance_grad (1e-7) long before the texture stops
 #: improving (and sooner at larger sizes); a run then lasts exactly its --steps.
+#: loss_scale: torch's L-BFGS keeps a curvature pair only when y·s > 1e-10, an absolute
+#: threshold. The scale-free losses fall to ~1e-7 late in a run, their pairs below it, and the
+#: history froze: the optimizer crawled on stale curvature (blotchy_0075 stalled at q 1.038 for
+#: its last 5 of 24 steps, keeping 1 pair in its last 4; x1e4: every pair kept, q 1.005;
+#: benchmarks/README.md, "Frozen L-BFGS history"). A power of two, so scaling is exact.
 LBFGS_WOLFE: dict[str, Any] = {**LBFGS_DEFAULTS, "line_search_fn": "strong_wolfe",
-                               "tolerance_grad": 0.0, "tolerance_change": 0.0}
+                               "tolerance_grad": 0.0, "tolerance_change": 0.0, "loss_scale": 2.0**14}
 
 PRESETS: Registry[Preset] = Registry("preset")
 
