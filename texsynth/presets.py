@@ -95,8 +95,9 @@ RANDOM_FILTER_LOSSES: dict[str, dict[str, Any]] = {
 #: loss_scale: torch's L-BFGS keeps a curvature pair only when y·s > 1e-10, an absolute
 #: threshold. The scale-free losses fall to ~1e-7 late in a run, their pairs below it, and the
 #: history froze: the optimizer crawled on stale curvature (blotchy_0075 stalled at q 1.038 for
-#: its last 5 of 24 steps, keeping 1 pair in its last 4; x1e4: every pair kept, q 1.005;
-#: benchmarks/README.md, "Frozen L-BFGS history"). A power of two, so scaling is exact.
+#: its last 5 of 24 steps, keeping 1 pair in its last 4; scaled x1e4, every step kept its
+#: pairs; with this scale, q 1.013 after 24 steps; benchmarks/README.md, "Frozen L-BFGS history").
+#: A power of two, so scaling is exact.
 LBFGS_WOLFE: dict[str, Any] = {**LBFGS_DEFAULTS, "line_search_fn": "strong_wolfe",
                                "tolerance_grad": 0.0, "tolerance_change": 0.0, "loss_scale": 2.0**14}
 
