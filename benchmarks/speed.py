@@ -189,10 +189,11 @@ def module_problem(exemplar, **options):
     module._ensure_targets()
     image = module.image.detach().clone().requires_grad_(True)
     losses = list(module.loss_terms.values())
+    scale = module.lbfgs_options["loss_scale"]  # the objective texsynth's closure hands L-BFGS
 
     def loss_fn():
         features = module.extractor(image)
-        return sum(loss.weight * loss(image, features) for loss in losses)
+        return sum(loss.weight * loss(image, features) for loss in losses) * scale
 
     return image, loss_fn, torch_lbfgs_options(module.lbfgs_options)
 

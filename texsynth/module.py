@@ -424,7 +424,8 @@ def _check_lbfgs(options: Mapping[str, Any]) -> None:
             raise InvalidArgumentError(f"L-BFGS {key} must be a positive integer, got {value!r}")
     for key in ("lr", "loss_scale"):
         value = options[key]
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
+        is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not is_number or not math.isfinite(value) or value <= 0:
             raise InvalidArgumentError(f"L-BFGS {key} must be a positive number, got {value!r}")
     if options["line_search_fn"] not in (None, "strong_wolfe"):
         raise InvalidArgumentError(

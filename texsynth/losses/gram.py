@@ -53,10 +53,10 @@ def self_outer_product(flat: torch.Tensor) -> torch.Tensor:
     """``bmm(F, Fᵀ)`` for ``(B, C, N)`` ``F``; on CPU by block rows of the upper triangle.
 
     The product is symmetric, so its blocks below the diagonal are transposes of those
-    above: computing only ``F[i:i+GRAM_BLOCK_CHANNELS] F[i:]ᵀ`` does a little over half the arithmetic. On
-    this CPU that is 1.2-1.5x faster (384 x 256² channels x pixels: 88 -> 73 ms), with a
-    result equal to the full product's up to float rounding (bit for bit in the measured
-    cases; benchmarks/README.md, "Cheaper evaluations").
+    above: computing only ``F[i:i+GRAM_BLOCK_CHANNELS] F[i:]ᵀ`` does a little over half the
+    arithmetic. On this CPU that is 1.2-1.5x faster (384 x 256² channels x pixels: 88 -> 73
+    ms), with a result equal to the full product's up to float rounding (bit for bit in the
+    measured cases; benchmarks/README.md, "Cheaper evaluations").
     GPUs keep the single product (not measured there).
     """
     channels = flat.shape[1]
