@@ -171,6 +171,17 @@ def test_batch_cli_bad_input_is_one_line_exit_2(args, fragment, tmp_path, capsys
     assert not (tmp_path / "OUT").exists()
 
 
+def test_batch_into_an_out_folder_that_cannot_exist_fails_before_any_item(tmp_path, capsys):
+    from texsynth.cli import main
+
+    src = _source(tmp_path / "SRC", names=("bricks",), corrupt=False)
+    (tmp_path / "afile").write_text("not a folder")
+    assert main(["batch", str(src), str(tmp_path / "afile" / "OUT"), "--size", "24", "--steps", "1"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "OUT" in error and "cannot write to folder" in error
+    assert (tmp_path / "afile").read_text() == "not a folder"
+
+
 def _cli_batch(src, out, config, *extra):
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     command = [sys.executable, "-m", "texsynth", "batch", str(src), str(out), "--config", str(config),

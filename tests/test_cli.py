@@ -163,23 +163,51 @@ def test_more_bad_inputs_exit_2_without_output(kind, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("errno_code", ["ENOSPC", "EROFS"])
-def test_full_or_read_only_disk_is_a_clear_error_and_keeps_earlier_results(tmp_path, capsys, monkeypatch, errno_code):
+@pytest.mark.parametrize("fails", ["from the start", "by the end"])
+def test_full_or_read_only_disk_is_a_clear_error_and_keeps_earlier_results(tmp_path, capsys, monkeypatch, errno_code,
+                                                                          fails):
     import errno
+    import tempfile
+
+    import texsynth.api
 
     earlier = tmp_path / "out.png"
     earlier.write_bytes(b"earlier result")
     code_number = getattr(errno, errno_code)
+    real_mkstemp, real_fit, fitted = tempfile.mkstemp, texsynth.api.fit, []
 
-    def failing_mkstemp(*args, **kwargs):
+    def failing_mkstemp(*args, prefix=None, **kwargs):
+        if fails == "by the end" and prefix and prefix.startswith(".texsynth-probe"):
+            return real_mkstemp(*args, prefix=prefix, **kwargs)  # the disk was fine when the run began
         raise OSError(code_number, os.strerror(code_number))
 
     monkeypatch.setattr("texsynth.image_io.tempfile.mkstemp", failing_mkstemp)
+    monkeypatch.setattr("texsynth.api.fit", lambda *args, **kwargs: fitted.append(1) or real_fit(*args, **kwargs))
     code = main(["synthesize", "weave", "--exemplar-size", "32", "-o", str(earlier), "--steps", "1",
                  "--max-iter", "2", "--no-log", "--no-progress", *TINY])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1
-    assert "cannot write output" in err[0] and os.strerror(code_number) in err[0]
+    assert str(earlier) in err[0] and os.strerror(code_number) in err[0]
+    if fails == "from the start":  # found before any optimization, not after it
+        assert "cannot write to folder" in err[0] and not fitted
+    else:
+        assert "cannot write output" in err[0] and fitted
     assert earlier.read_bytes() == b"earlier result"
+
+
+@pytest.mark.parametrize("blocker", ["a file where a folder should be", "a missing folder under a file"])
+def test_an_output_folder_that_cannot_exist_fails_before_the_run(tmp_path, capsys, monkeypatch, blocker):
+    import texsynth.api
+
+    (tmp_path / "afile").write_text("not a folder")
+    out = tmp_path / "afile" / "o.png" if blocker.startswith("a file") else tmp_path / "afile" / "sub" / "o.png"
+    monkeypatch.setattr("texsynth.api.fit", lambda *args, **kwargs: pytest.fail("optimized before failing"))
+    assert main(["synthesize", "weave", "--exemplar-size", "32", "-o", str(out), "--steps", "1", "--no-log",
+                 *TINY]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(out) in err[0]
+    assert ("is a file, not a folder" if blocker.startswith("a file") else "Not a directory") in err[0]
+    assert (tmp_path / "afile").read_text() == "not a folder"
 
 
 @settings(max_examples=80, deadline=None)

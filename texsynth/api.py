@@ -16,7 +16,7 @@ import torch
 from texsynth.callbacks import stopping_callbacks
 from texsynth.checkpointing import SaveAndInterrupt
 from texsynth.errors import CheckpointError
-from texsynth.image_io import ImageSource, save_image, to_pil
+from texsynth.image_io import ImageSource, require_writable_folder, save_image, to_pil
 from texsynth.module import TextureSynthesis
 from texsynth.multiscale import (CoarseSchedule, coarse_to_fine_start, require_coarse_layers, require_coarse_starts,
                                  require_coarse_steps)
@@ -163,6 +163,9 @@ def synthesize(
     recipe_options = dict(backbone=backbone, weights=weights, losses=losses, preset=preset, **module_options)
     module = TextureSynthesis(exemplar, size=size, seed=seed, **recipe_options)
     coarse = CoarseSchedule.resolve(module.preset, coarse_levels, coarse_steps, coarse_layers, coarse_starts)
+    for path in (image_path, checkpoint):
+        if path is not None:
+            require_writable_folder(path, str(path))  # before the run, not after it
     trainer_options = dict(quiet=quiet, accelerator=accelerator, devices=devices, precision=precision,
                            matmul_precision=matmul_precision, deterministic_on_gpu=deterministic_on_gpu,
                            progress_bar=progress_bar)

@@ -31,6 +31,7 @@ import torch
 from texsynth._logging import log
 from texsynth.callbacks import MatmulPrecision, stopping_callbacks
 from texsynth.errors import CheckpointError, InvalidArgumentError, TexsynthError
+from texsynth.image_io import require_writable_folder
 from texsynth.manifest import DONE, FAILED, INTERRUPTED, MANIFEST_NAME, Manifest
 from texsynth.multiscale import CoarseSchedule
 from texsynth.presets import DEFAULT_STEPS
@@ -258,6 +259,7 @@ def batch(
     with lightning_settings(accelerator, devices, precision):
         fabric = Fabric(accelerator=accelerator, devices=devices, num_nodes=num_nodes,
                         strategy=_strategy(strategy, devices, num_nodes), precision=precision)
+    require_writable_folder(out / MANIFEST_NAME, f"OUT {out}")  # last: a bad option leaves no folder behind
     return fabric.launch(_run_rank, job)
 
 

@@ -173,6 +173,24 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
     return path
 
 
+def require_writable_folder(path: str | os.PathLike, label: str) -> None:
+    """Fail before a long run, not after it, when ``path``'s folder cannot receive files.
+
+    Creates the folder (as writing would) and a probe file in it: permission bits alone
+    say nothing for root, or for read-only mounts.
+    """
+    folder = Path(path).parent
+    if folder.exists() and not folder.is_dir():
+        raise OutputWriteError(f"{label}: {folder} is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle, probe = tempfile.mkstemp(prefix=".texsynth-probe.", dir=folder)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as error:
+        raise OutputWriteError(f"{label}: cannot write to folder {folder} ({error.strerror or error})") from None
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
