@@ -155,8 +155,9 @@ def test_save_image_creates_directories_and_reports_unwritable_paths(tmp_path):
         assert image.size == (8, 8)
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    with pytest.raises(OutputWriteError, match="cannot write output"):
+    with pytest.raises(OutputWriteError, match=r"inside.png: cannot write output \(Not a directory\)"):
         save_image(torch.rand(3, 8, 8), blocker / "inside.png")
+    assert blocker.read_text() == "x"
 
 
 def test_outputs_get_the_usual_file_mode_not_the_temporary_files(tmp_path):
