@@ -43,6 +43,32 @@ def test_refuses_before_running_when_memory_is_short(exemplar, monkeypatch):
     assert module.num_evals == 0
 
 
+def test_an_image_too_large_for_memory_is_refused_before_it_is_allocated(exemplar, monkeypatch):
+    budget = 2 * 3 * 64 * 64 * 4  # exactly the image and its last good copy at 64x64
+    monkeypatch.setattr("texsynth.memory.available_bytes", lambda device: budget)
+    TextureSynthesis(exemplar, **TINY_BACKBONE, size=64, seed=0)
+    allocations = []
+    monkeypatch.setattr("texsynth.module.initial_image", lambda *args: allocations.append(args))
+    with pytest.raises(InvalidArgumentError, match=r"output size 64x64 \(x2\): its image alone needs"):
+        TextureSynthesis(exemplar, **TINY_BACKBONE, size=64, variations=2, seed=0)
+    with pytest.raises(InvalidArgumentError, match=r"output size 80x64 \(x1\)"):
+        TextureSynthesis(exemplar, **TINY_BACKBONE, size=(64, 80), seed=0)
+    assert allocations == []
+
+
+def test_a_full_size_too_large_is_refused_before_its_coarse_stages_run(exemplar, monkeypatch):
+    import texsynth.api
+
+    fits = []
+    monkeypatch.setattr(texsynth.api, "fit", lambda *args, **kwargs: fits.append(args) or (0.0, None))
+    full = TextureSynthesis(exemplar, **TINY_BACKBONE, size=96, seed=0)
+    monkeypatch.setattr("texsynth.memory.available_bytes", lambda device: estimate_bytes(full) - 1)
+    with pytest.raises(InvalidArgumentError, match=r"output size 96x96 \(x1\) needs about"):
+        texsynth.api.synthesize(exemplar, **TINY_BACKBONE, size=96, seed=0, steps=1, coarse_levels=1,
+                                accelerator="cpu")
+    assert fits == []  # the 48x48 stage, which fits, did not run first
+
+
 def test_available_memory_is_known_on_cpu():
     free = available_bytes(torch.device("cpu"))
     assert free is None or free > 0
@@ -97,3 +123,12 @@ def test_lbfgs_history_is_bounded_for_large_outputs_unless_chosen(exemplar, monk
     assert TextureSynthesis(exemplar, **TINY_BACKBONE, size=256, seed=0).lbfgs_options["history_size"] == 5
     chosen = TextureSynthesis(exemplar, **TINY_BACKBONE, size=64, seed=0, lbfgs={"history_size": 100})
     assert chosen.lbfgs_options["history_size"] == 100
+
+
+def test_the_planned_device_is_the_one_lightning_will_pick():
+    from texsynth.trainer import make_trainer, planned_device
+
+    assert planned_device("cpu", 1) == torch.device("cpu")
+    assert planned_device("auto", 1) == make_trainer(1, logdir=False, accelerator="auto").strategy.root_device
+    if not torch.cuda.is_available():
+        assert planned_device("gpu", 1) is None  # Lightning refuses it; its own error says why

@@ -17,11 +17,12 @@ from texsynth.callbacks import stopping_callbacks
 from texsynth.checkpointing import SaveAndInterrupt
 from texsynth.errors import CheckpointError
 from texsynth.image_io import ImageSource, require_writable_folder, save_image, to_pil
+from texsynth.memory import check_memory
 from texsynth.module import TextureSynthesis
 from texsynth.multiscale import (CoarseSchedule, coarse_to_fine_start, require_coarse_layers, require_coarse_starts,
                                  require_coarse_steps)
 from texsynth.presets import DEFAULT_STEPS
-from texsynth.trainer import DEFAULT_LOGDIR, make_trainer
+from texsynth.trainer import DEFAULT_LOGDIR, make_trainer, planned_device
 
 _LIGHTNING_LOGGERS = ("lightning.pytorch", "lightning.fabric", "lightning")
 
@@ -166,6 +167,10 @@ def synthesize(
     for path in (image_path, checkpoint):
         if path is not None:
             require_writable_folder(path, str(path))  # before the run, not after it
+    device = planned_device(accelerator, devices)
+    if coarse.levels and resume is None and device is not None:
+        # the full size needs the most memory: refuse it before its coarse stages run, not after
+        check_memory(module, device, allow_checkpointing=module.checkpointing is None)
     trainer_options = dict(quiet=quiet, accelerator=accelerator, devices=devices, precision=precision,
                            matmul_precision=matmul_precision, deterministic_on_gpu=deterministic_on_gpu,
                            progress_bar=progress_bar)

@@ -133,6 +133,23 @@ def available_bytes(device: torch.device) -> int | None:
     return None
 
 
+#: image-sized tensors a module holds from construction: the image and its last good copy
+IMAGE_COPIES = 2
+
+
+def check_image_fits(output_size: tuple[int, int], variations: int) -> None:
+    """Refuse an output whose image alone cannot fit in CPU memory, where the module builds it,
+    before allocating it (the full estimate, :func:`check_memory`, needs the built module)."""
+    height, width = output_size
+    needed = IMAGE_COPIES * variations * 3 * height * width * BYTES_PER_FLOAT
+    limit = available_bytes(torch.device("cpu"))
+    if limit is not None and needed > limit:
+        raise InvalidArgumentError(
+            f"output size {width}x{height} (x{variations}): its image alone needs {needed / GIB:.1f} GiB of "
+            f"CPU memory, but only {limit / GIB:.1f} GiB is available; use a smaller --size or fewer --variations"
+        )
+
+
 def check_memory(module: Any, device: torch.device, allow_checkpointing: bool = False) -> None:
     """Raise a clear error if the synthesis would need more memory than ``device`` has.
 

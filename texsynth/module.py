@@ -32,7 +32,7 @@ from texsynth.features import FeatureExtractor
 from texsynth.image_io import ImageSource, Size, center_crop_resize, parse_size, save_image
 from texsynth.init import INITS, initial_image
 from texsynth.losses.base import float32_statistics
-from texsynth.memory import check_memory
+from texsynth.memory import check_image_fits, check_memory
 from texsynth.presets import LBFGS_DEFAULTS, Preset, torch_lbfgs_options
 from texsynth.recipe import LossSpec, resolve_recipe
 from texsynth.tiling import make_periodic, periodic_resize, resolve_tile, tile_targets_source
@@ -137,14 +137,16 @@ class TextureSynthesis(L.LightningModule):
         if not isinstance(variations, int) or isinstance(variations, bool) or variations < 1:
             raise InvalidArgumentError(f"variations must be a positive integer, got {variations!r}")
         self.variations = variations
+        check_image_fits(self.output_size, variations)
         self.init_kind = init or recipe.preset.init
         if self.init_kind not in INITS:
             raise InvalidArgumentError(f"unknown init {self.init_kind!r}; known: {', '.join(INITS)}")
         self.lbfgs_options = {**LBFGS_DEFAULTS, **recipe.preset.lbfgs, **(lbfgs or {})}
         _check_lbfgs(self.lbfgs_options)
         if "history_size" not in (lbfgs or {}):
+            height, width = self.output_size
             self.lbfgs_options["history_size"] = bounded_history(
-                self.lbfgs_options["history_size"], variations * 3 * self.output_size[0] * self.output_size[1])
+                self.lbfgs_options["history_size"], variations * 3 * height * width, f"{width}x{height} (x{variations})")
         self.seed = seed if seed is not None else random.SystemRandom().randrange(2**31)
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise InvalidArgumentError(f"seed must be a non-negative integer, got {seed!r}")
@@ -394,13 +396,12 @@ LBFGS_HISTORY_BUDGET = 1024**3
 MIN_HISTORY = 5
 
 
-def bounded_history(history_size: int, numel: int) -> int:
+def bounded_history(history_size: int, numel: int, size: str = "this output size") -> int:
     """The L-BFGS history that fits ``LBFGS_HISTORY_BUDGET`` for an image of ``numel`` floats."""
     fits = LBFGS_HISTORY_BUDGET // (2 * numel * 4)
     bounded = max(MIN_HISTORY, min(history_size, fits))
     if bounded < history_size:
-        log.info("L-BFGS history bounded to %d steps for this output size (set lbfgs history_size to "
-                 "choose)", bounded)
+        log.info("L-BFGS history bounded to %d steps for %s (set lbfgs history_size to choose)", bounded, size)
     return bounded
 
 

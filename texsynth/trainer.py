@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.loggers import TensorBoardLogger
 
@@ -88,6 +89,18 @@ def make_trainer(
             plugins=[AtomicCheckpointIO()],
             **trainer_options,
         )
+
+
+def planned_device(accelerator: Any, devices: Any) -> torch.device | None:
+    """The device a run with these settings will use, as far as it can be told before Lightning
+    picks it (the first one of several; None: not known)."""
+    cuda = torch.cuda.is_available()
+    if accelerator == "cpu" or (accelerator == "auto" and not cuda and not torch.backends.mps.is_available()):
+        return torch.device("cpu")
+    if accelerator in ("auto", "gpu", "cuda") and cuda:
+        index = devices[0] if isinstance(devices, (list, tuple)) and devices else 0
+        return torch.device("cuda", int(index))
+    return None
 
 
 @contextlib.contextmanager

@@ -8,6 +8,7 @@ a hooked pre-activation (e.g. ``conv1_1``, used by the reference) is not overwri
 from __future__ import annotations
 
 import os
+import pickle
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
@@ -234,7 +235,7 @@ def _load_weights(
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
         raise WeightsUnavailableError(
-            f"VGG19 weights file {path}: not a readable PyTorch state dict ({error})"
+            f"VGG19 weights file {path}: not a readable PyTorch state dict ({_why_unreadable(error)})"
         ) from None
     if isinstance(loaded, dict) and "state_dict" in loaded and isinstance(loaded["state_dict"], dict):
         loaded = loaded["state_dict"]
@@ -243,12 +244,21 @@ def _load_weights(
     return loaded
 
 
+def _why_unreadable(error: Exception) -> str:
+    """One line for why weights could not be had: torch.load's refusals run to many lines, and
+    the weights_only one advises an unsafe load texsynth does not offer."""
+    if isinstance(error, pickle.UnpicklingError):
+        return "corrupt, not saved by torch.save, or holding more than tensors"
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+
+
 def _load_imagenet_state_dict(progress: bool) -> dict[str, torch.Tensor]:
     try:
         return IMAGENET_WEIGHTS.get_state_dict(progress=progress, check_hash=False)
     except Exception as error:
         raise WeightsUnavailableError(
-            f"cannot get ImageNet VGG19 weights ({type(error).__name__}: {error}); "
+            f"cannot get ImageNet VGG19 weights ({_why_unreadable(error)}); "
             f"download them with `texsynth download-weights` on a machine with internet, "
             f"or place {os.path.basename(IMAGENET_WEIGHTS.url)} in {imagenet_weights_path().parent} "
             f"(TORCH_HOME), or pass a local state dict with --weights PATH (weights=PATH), "
