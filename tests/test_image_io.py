@@ -97,6 +97,17 @@ def test_tensor_and_array_inputs():
         load_image(torch.full((3, 4, 4), float("nan")))
 
 
+def test_float_images_outside_the_unit_range_are_refused_not_clamped():
+    as_read = np.asarray(Image.fromarray(_gradient(width=6, height=4))).astype(np.float32)  # 0-255, a common slip
+    with pytest.raises(InvalidArgumentError, match=r"exemplar tensor values must lie in \[0, 1\].* to 255"):
+        load_image(as_read, name="exemplar")
+    torch.testing.assert_close(load_image(as_read / 255.0), load_image(as_read.astype(np.uint8)))
+    with pytest.raises(InvalidArgumentError, match="from -0.5 to"):
+        load_image(torch.linspace(-0.5, 0.5, 48).reshape(3, 4, 4))
+    overshoot = load_image(torch.full((3, 4, 4), 1.05))  # bicubic resampling overshoot: kept, clamped
+    assert float(overshoot.max()) == 1.0
+
+
 def test_centre_crop_resize_is_the_reference_preprocessing():
     image = torch.rand(1, 3, 40, 60)
     out = center_crop_resize(image, (20, 20))

@@ -109,6 +109,11 @@ def _pil_to_tensor(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(rgb).permute(2, 0, 1).unsqueeze(0).contiguous()
 
 
+#: how far outside [0, 1] a float image may stray before it is refused: bicubic resampling overshoots
+#: by a few percent, while 0-255 values or [-1, 1] normalization are far outside
+RANGE_TOLERANCE = 0.1
+
+
 def _tensor_to_batch(tensor: torch.Tensor, name: str) -> torch.Tensor:
     if tensor.dim() == 2:
         tensor = tensor.unsqueeze(0)
@@ -125,6 +130,12 @@ def _tensor_to_batch(tensor: torch.Tensor, name: str) -> torch.Tensor:
     tensor = tensor.detach().float()
     if not torch.isfinite(tensor).all():
         raise InvalidArgumentError(f"{name} tensor contains NaN or Inf values")
+    low, high = float(tensor.min()), float(tensor.max())
+    if low < -RANGE_TOLERANCE or high > 1 + RANGE_TOLERANCE:  # e.g. a float array of 0-255 values
+        raise InvalidArgumentError(
+            f"{name} tensor values must lie in [0, 1] (or be uint8, 0-255), got values from {low:g} to {high:g}"
+        )
+    tensor = tensor.clamp(0.0, 1.0)
     return tensor.expand(1, 3, *tensor.shape[-2:]).clone()
 
 
