@@ -13,7 +13,8 @@ from texsynth.recipe import default_preset_name
 
 
 @pytest.fixture
-def texsynth_log(caplog):
+def texsynth_log(caplog, monkeypatch):
+    monkeypatch.setattr("texsynth.recipe._SAID", set())  # as in a fresh process
     logger = logging.getLogger("texsynth")
     logger.addHandler(caplog.handler)
     yield caplog
@@ -27,6 +28,8 @@ def test_without_cached_weights_the_weight_free_recipe_is_chosen(torch_home, no_
     lines = [r.getMessage() for r in texsynth_log.records]
     assert len(lines) == 1 and "random_pyramid" in lines[0] and "download-weights" in lines[0]
     assert not (torch_home / "hub").exists()  # nothing was downloaded or even attempted
+    TextureSynthesis(exemplar, seed=1)
+    assert len(texsynth_log.records) == 1  # said once per process, not once per run
 
 
 def test_with_cached_weights_vgg19_is_chosen(torch_home, texsynth_log):

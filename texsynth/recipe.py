@@ -42,13 +42,22 @@ def default_preset_name() -> str:
     Never starts a download: a 548 MB surprise is worse than a weight-free default.
     """
     if imagenet_weights_cached():
-        log.info("backbone: vgg19 (ImageNet weights found in %s)", imagenet_weights_path().parent)
+        _say_once(f"backbone: vgg19 (ImageNet weights found in {imagenet_weights_path().parent})")
         return "vgg19"
-    log.info(
-        "backbone: random_pyramid (weight-free preset 'weight_free'); for VGG19 run "
-        "`texsynth download-weights` or pass --weights PATH"
-    )
+    _say_once("backbone: random_pyramid (weight-free preset 'weight_free'); for VGG19 run "
+              "`texsynth download-weights` or pass --weights PATH")
     return "weight_free"
+
+
+#: the default's choices already reported in this process
+_SAID: set[str] = set()
+
+
+def _say_once(message: str) -> None:
+    """Report the default's choice once per process: research code calls ``synthesize`` in loops."""
+    if message not in _SAID:
+        _SAID.add(message)
+        log.info(message)
 
 
 def resolve_recipe(
