@@ -132,3 +132,4 @@ def test_the_planned_device_is_the_one_lightning_will_pick():
     assert planned_device("auto", 1) == make_trainer(1, logdir=False, accelerator="auto").strategy.root_device
     if not torch.cuda.is_available():
         assert planned_device("gpu", 1) is None  # Lightning refuses it; its own error says why
+    assert planned_device("cpu", 2) is None and planned_device("auto", "auto") is None

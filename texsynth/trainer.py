@@ -92,8 +92,11 @@ def make_trainer(
 
 
 def planned_device(accelerator: Any, devices: Any) -> torch.device | None:
-    """The device a run with these settings will use, as far as it can be told before Lightning
-    picks it (the first one of several; None: not known)."""
+    """The one device a run with these settings will use, as far as it can be told before
+    Lightning picks it. None when not known, or for several devices: their processes may be
+    forked, which CUDA forbids once this process has touched it."""
+    if not (devices == 1 or (isinstance(devices, (list, tuple)) and len(devices) == 1)):
+        return None
     cuda = torch.cuda.is_available()
     if accelerator == "cpu" or (accelerator == "auto" and not cuda and not torch.backends.mps.is_available()):
         return torch.device("cpu")
