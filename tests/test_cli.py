@@ -195,6 +195,16 @@ def test_full_or_read_only_disk_is_a_clear_error_and_keeps_earlier_results(tmp_p
     assert earlier.read_bytes() == b"earlier result"
 
 
+def test_an_output_suffix_no_image_takes_fails_before_the_run(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("texsynth.api.fit", lambda *args, **kwargs: pytest.fail("optimized before failing"))
+    out = tmp_path / "texture.pgn"
+    assert main(["synthesize", "weave", "--exemplar-size", "32", "-o", str(out), "--steps", "1", "--no-log",
+                 *TINY]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{out}: cannot write '.pgn' images" in err[0] and ".png" in err[0]
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("blocker", ["a file where a folder should be", "a missing folder under a file"])
 def test_an_output_folder_that_cannot_exist_fails_before_the_run(tmp_path, capsys, monkeypatch, blocker):
     import texsynth.api

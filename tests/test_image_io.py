@@ -171,6 +171,17 @@ def test_save_image_creates_directories_and_reports_unwritable_paths(tmp_path):
     assert blocker.read_text() == "x"
 
 
+def test_the_output_format_follows_the_suffix_and_a_suffix_no_image_takes_is_refused(tmp_path):
+    with Image.open(save_image(torch.rand(3, 8, 8), tmp_path / "no_suffix")) as image:
+        assert image.format == "PNG"
+    with Image.open(save_image(torch.rand(3, 8, 8), tmp_path / "out.JPG")) as image:
+        assert image.format == "JPEG"
+    for typo in ("out.pgn", "out.txt", "out.psd"):  # .psd: Pillow reads it but cannot write it
+        with pytest.raises(InvalidArgumentError, match=rf"{typo}: cannot write '\.{typo[4:]}' images"):
+            save_image(torch.rand(3, 8, 8), tmp_path / typo)
+        assert not (tmp_path / typo).exists()
+
+
 def test_outputs_get_the_usual_file_mode_not_the_temporary_files(tmp_path):
     mask = os.umask(0o022)
     try:

@@ -16,7 +16,7 @@ import torch
 from texsynth.callbacks import stopping_callbacks
 from texsynth.checkpointing import SaveAndInterrupt
 from texsynth.errors import CheckpointError
-from texsynth.image_io import ImageSource, require_writable_folder, save_image, to_pil
+from texsynth.image_io import ImageSource, output_format, require_writable_folder, save_image, to_pil
 from texsynth.memory import check_memory
 from texsynth.module import TextureSynthesis
 from texsynth.multiscale import (CoarseSchedule, coarse_to_fine_start, require_coarse_layers, require_coarse_starts,
@@ -164,9 +164,11 @@ def synthesize(
     recipe_options = dict(backbone=backbone, weights=weights, losses=losses, preset=preset, **module_options)
     module = TextureSynthesis(exemplar, size=size, seed=seed, **recipe_options)
     coarse = CoarseSchedule.resolve(module.preset, coarse_levels, coarse_steps, coarse_layers, coarse_starts)
+    if image_path is not None:
+        output_format(image_path)  # a suffix no image can be written under fails now, not after the run
     for path in (image_path, checkpoint):
         if path is not None:
-            require_writable_folder(path, str(path))  # before the run, not after it
+            require_writable_folder(path, str(path))
     device = planned_device(accelerator, devices)
     if coarse.levels and resume is None and device is not None:
         # the full size needs the most memory: refuse it before its coarse stages run, not after

@@ -211,10 +211,22 @@ def _umask() -> int:
     return mask
 
 
+def output_format(path: str | os.PathLike) -> str:
+    """The image format ``path``'s suffix names (PNG without one). A suffix Pillow cannot write
+    (a typo such as ``.pgn``) is refused, so that callers can check it before a run, not after."""
+    suffix = Path(path).suffix.lower()
+    if not suffix:
+        return "PNG"
+    image_format = Image.registered_extensions().get(suffix)
+    if image_format is None or image_format not in Image.SAVE:
+        raise InvalidArgumentError(f"{path}: cannot write {suffix!r} images; use .png (lossless), .tif, .webp or .jpg")
+    return image_format
+
+
 def save_image(image: torch.Tensor, path: str | os.PathLike) -> Path:
     """Save an image tensor as PNG (or the format the suffix names), atomically."""
+    image_format = output_format(path)
     pil = to_pil(image)
-    image_format = Image.registered_extensions().get(Path(path).suffix.lower(), "PNG")
     try:
         return atomic_write(path, lambda stream: pil.save(stream, format=image_format))
     except OSError as error:
