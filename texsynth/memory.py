@@ -133,6 +133,12 @@ def available_bytes(device: torch.device) -> int | None:
     return None
 
 
+def size_label(output_size: tuple[int, int], variations: int) -> str:
+    """``WxH (xK)``: how messages about an output's memory name it."""
+    height, width = output_size
+    return f"{width}x{height} (x{variations})"
+
+
 #: image-sized tensors a module holds from construction: the image and its last good copy
 IMAGE_COPIES = 2
 
@@ -145,7 +151,7 @@ def check_image_fits(output_size: tuple[int, int], variations: int) -> None:
     limit = available_bytes(torch.device("cpu"))
     if limit is not None and needed > limit:
         raise InvalidArgumentError(
-            f"output size {width}x{height} (x{variations}): its image alone needs {needed / GIB:.1f} GiB of "
+            f"output size {size_label(output_size, variations)}: its image alone needs {needed / GIB:.1f} GiB of "
             f"CPU memory, but only {limit / GIB:.1f} GiB is available; use a smaller --size or fewer --variations"
         )
 
@@ -167,9 +173,8 @@ def check_memory(module: Any, device: torch.device, allow_checkpointing: bool = 
         log.info("gradient checkpointing on: about %.1f GiB instead of %.1f GiB (%.1f GiB free on %s)",
                  needed / GIB, without / GIB, limit / GIB, device.type)
     if needed > limit:
-        height, width = module.output_size
         raise InvalidArgumentError(
-            f"output size {width}x{height} (x{module.variations}) needs about {needed / GIB:.1f} GiB on "
+            f"output size {size_label(module.output_size, module.variations)} needs about {needed / GIB:.1f} GiB on "
             f"{device.type}, but only {limit / GIB:.1f} GiB is available; use a smaller --size, "
             "fewer --variations, or a backbone that supports gradient checkpointing (vgg19)"
         )

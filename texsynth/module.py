@@ -32,7 +32,7 @@ from texsynth.features import FeatureExtractor
 from texsynth.image_io import ImageSource, Size, center_crop_resize, parse_size, save_image
 from texsynth.init import INITS, initial_image
 from texsynth.losses.base import float32_statistics
-from texsynth.memory import check_image_fits, check_memory
+from texsynth.memory import check_image_fits, check_memory, size_label
 from texsynth.presets import LBFGS_DEFAULTS, Preset, torch_lbfgs_options
 from texsynth.recipe import LossSpec, resolve_recipe
 from texsynth.tiling import make_periodic, periodic_resize, resolve_tile, tile_targets_source
@@ -146,7 +146,7 @@ class TextureSynthesis(L.LightningModule):
         if "history_size" not in (lbfgs or {}):
             height, width = self.output_size
             self.lbfgs_options["history_size"] = bounded_history(
-                self.lbfgs_options["history_size"], variations * 3 * height * width, f"{width}x{height} (x{variations})")
+                self.lbfgs_options["history_size"], variations * 3 * height * width, size_label(self.output_size, variations))
         self.seed = seed if seed is not None else random.SystemRandom().randrange(2**31)
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise InvalidArgumentError(f"seed must be a non-negative integer, got {seed!r}")
