@@ -17,6 +17,19 @@ def test_synthesize_one_call(exemplar):
     assert set(result.losses) == {"gram", "chroma_spectrum", "total"}
 
 
+@pytest.mark.parametrize("dtype", ["uint8", "float32"])
+def test_synthesize_from_a_numpy_array(exemplar, dtype):
+    """A (H, W, 3) array is an exemplar like any other (Lightning's hyper-parameter capture once
+    compared it with ==, elementwise, and raised "truth value of an array is ambiguous")."""
+    array = exemplar[0].permute(1, 2, 0).numpy()
+    array = (array * 255).round().astype("uint8") if dtype == "uint8" else array.astype("float32")
+    result = synthesize(array, steps=1, size=16, seed=0, coarse_levels=0, **TINY_BACKBONE)
+    assert result.image.shape == (3, 16, 16)
+    from_tensor = synthesize(exemplar, steps=1, size=16, seed=0, coarse_levels=0, **TINY_BACKBONE)
+    tolerance = 0.05 if dtype == "uint8" else 1e-5  # uint8 rounds the exemplar
+    assert (result.image - from_tensor.image).abs().mean() < tolerance
+
+
 def test_seed_compatible_class_end_to_end(exemplar, tmp_path):
     path = tmp_path / "bricks_small.png"
     save_image(exemplar, path)

@@ -167,6 +167,9 @@ class TextureSynthesis(L.LightningModule):
         self.register_buffer("_last_good_image", self.image.detach().clone(), persistent=False)
         self.loss_history: list[float] = []
         self.last_losses: dict[str, torch.Tensor] = {}
+        # Lightning compares the dict with every __init__ argument (==), which a numpy exemplar
+        # answers elementwise ("truth value of an array is ambiguous"); it is loaded by now
+        exemplar = self.exemplar_name
         self.save_hyperparameters(self.describe(), logger=True)
 
     # ------------------------------------------------------------------ configuration
