@@ -5,7 +5,7 @@ import torch
 from PIL import Image
 
 from conftest import TINY_BACKBONE
-from texsynth import TextureSynthesisCNN, synthesize
+from texsynth import InvalidArgumentError, TextureSynthesisCNN, synthesize
 from texsynth.image_io import save_image
 
 
@@ -62,3 +62,23 @@ def test_seed_compatible_class_defaults_to_the_reference_recipe(no_network, torc
 
     with pytest.raises(WeightsUnavailableError, match="ImageNet VGG19"):
         TextureSynthesisCNN("cracks")
+
+
+def test_no_output_overwrites_the_exemplar_file(exemplar, tmp_path):
+    path = tmp_path / "wall.png"
+    save_image(exemplar, path)
+    original = path.read_bytes()
+    options = dict(steps=1, size=16, seed=0, coarse_levels=0, **TINY_BACKBONE)
+    with pytest.raises(InvalidArgumentError, match="wall.png is the exemplar itself"):
+        synthesize(str(path), image_path=tmp_path / "." / "wall.png", **options)  # refused before the run
+    result = synthesize(str(path), **options)
+    with pytest.raises(InvalidArgumentError, match="exemplar itself"):
+        result.save(path)
+    assert path.read_bytes() == original
+    variation_path = tmp_path / "brick_1.png"  # what variation 1 of "brick.png" would be called
+    save_image(exemplar, variation_path)
+    several = synthesize(str(variation_path), variations=2, **options)
+    with pytest.raises(InvalidArgumentError, match="brick_1.png is the exemplar itself"):
+        several.save(tmp_path / "brick.png")
+    assert not (tmp_path / "brick_0.png").exists()  # nothing written when one target is refused
+    assert [p.name for p in several.save(tmp_path / "other.png")] == ["other_0.png", "other_1.png"]

@@ -237,3 +237,24 @@ def test_divergence_restores_the_last_good_image_and_stops(exemplar):
     assert torch.isfinite(module.image).all()
     torch.testing.assert_close(module.image.detach(), module._last_good_image)
     assert len(module.loss_history) == 2
+
+
+def test_losses_and_starting_images_take_arrays_images_and_paths_too(exemplar, tmp_path):
+    from PIL import Image
+
+    from texsynth.image_io import save_image
+
+    module = _module(exemplar, size=24)
+    image = torch.rand(1, 3, 24, 24)
+    expected = float(module.compute_losses(image)["total"])
+    array = image[0].permute(1, 2, 0).numpy()
+    path = save_image(image[0], tmp_path / "start.png")
+    assert float(module.compute_losses(array)["total"]) == pytest.approx(expected, rel=1e-6)
+    assert float(module.compute_losses(path)["total"]) == pytest.approx(expected, rel=1e-2)  # 8-bit PNG
+
+    for source in (array, Image.open(path), str(path)):
+        module.reset_image(source)
+        assert module.image.shape == (1, 3, 24, 24)
+        assert (module.image.detach() - image).abs().max() < 1 / 255 + 1e-6
+    with pytest.raises(InvalidArgumentError, match="starting image must be a path, PIL image"):
+        module.reset_image(42)

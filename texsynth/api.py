@@ -166,6 +166,7 @@ def synthesize(
     coarse = CoarseSchedule.resolve(module.preset, coarse_levels, coarse_steps, coarse_layers, coarse_starts)
     if image_path is not None:
         output_format(image_path)  # a suffix no image can be written under fails now, not after the run
+        module.output_paths(image_path)  # ... and so does the exemplar's own file
     for path in (image_path, checkpoint):
         if path is not None:
             require_writable_folder(path, str(path))

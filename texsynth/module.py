@@ -29,7 +29,7 @@ from texsynth.backbones import Backbone
 from texsynth.config import yaml_safe
 from texsynth.errors import CheckpointError, InvalidArgumentError
 from texsynth.features import FeatureExtractor
-from texsynth.image_io import ImageSource, Size, center_crop_resize, parse_size, save_image
+from texsynth.image_io import ImageSource, Size, center_crop_resize, load_image, parse_size, save_image
 from texsynth.init import INITS, initial_image
 from texsynth.losses.base import float32_statistics
 from texsynth.memory import check_image_fits, check_memory, size_label
@@ -102,6 +102,9 @@ class TextureSynthesis(L.LightningModule):
         from texsynth.examples import load_exemplar
 
         exemplar_tensor, self.exemplar_name = load_exemplar(exemplar)
+        #: the exemplar's file, which no output may overwrite (None for examples, arrays, images)
+        self.exemplar_file: Path | None = (Path(exemplar).resolve() if isinstance(exemplar, (str, os.PathLike))
+                                           and Path(exemplar).is_file() else None)
         recipe = resolve_recipe(preset, backbone, backbone_options, weights, losses)
         self.preset = recipe.preset
         self.backbone_name = recipe.backbone_name
@@ -200,12 +203,13 @@ class TextureSynthesis(L.LightningModule):
         shape = (self.variations, 3, *self.output_size)
         return initial_image(self.init_kind, shape, self._generator, self.exemplar)
 
-    def reset_image(self, image: torch.Tensor | None = None) -> None:
-        """Start again from fresh noise, or from ``image`` (resized to the output size, wrapping
+    def reset_image(self, image: ImageSource | None = None) -> None:
+        """Start again from fresh noise, or from ``image`` (a tensor, array, PIL image or path; resized to the output size, wrapping
         around if the output is a tile; e.g. a coarser scale's result), and forget the L-BFGS state."""
         if image is None:
             image = self._new_image()
         else:
+            image = image if isinstance(image, torch.Tensor) else load_image(image, "starting image")
             image = image.detach().float().cpu()
             image = image.unsqueeze(0) if image.dim() == 3 else image
             if image.dim() != 4 or image.shape[1] != 3 or image.shape[0] not in (1, self.variations):
@@ -256,14 +260,20 @@ class TextureSynthesis(L.LightningModule):
         """All variations as a ``(variations, 3, H, W)`` tensor clipped to [0, 1], on the CPU."""
         return self.image.detach().clamp(0, 1).cpu()
 
+    def output_paths(self, path: str | os.PathLike) -> list[Path]:
+        """Where :meth:`save_outputs` writes: ``path``, or ``stem_0`` … ``stem_{K-1}`` for
+        variations. Refuses the exemplar's own file: an input is never overwritten."""
+        path = Path(path)
+        paths = ([path] if self.variations == 1 else
+                 [path.with_name(f"{path.stem}_{index}{path.suffix}") for index in range(self.variations)])
+        for target in paths:
+            if self.exemplar_file is not None and target.resolve() == self.exemplar_file:
+                raise InvalidArgumentError(f"{target} is the exemplar itself; refusing to overwrite it")
+        return paths
+
     def save_outputs(self, path: str | os.PathLike) -> list[Path]:
         """Save the image (atomically); variations go to ``stem_0.png`` … ``stem_{K-1}.png``."""
-        path = Path(path)
-        images = self.outputs()
-        if images.shape[0] == 1:
-            return [save_image(images[0], path)]
-        return [save_image(image, path.with_name(f"{path.stem}_{index}{path.suffix}"))
-                for index, image in enumerate(images)]
+        return [save_image(image, target) for image, target in zip(self.outputs(), self.output_paths(path))]
 
     # ------------------------------------------------------------------ checkpoints
     #: settings that must agree between a checkpoint and the run resuming from it.
@@ -313,14 +323,17 @@ class TextureSynthesis(L.LightningModule):
     def _features(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.extractor(image) if self.extractor is not None else {}
 
-    def compute_losses(self, image: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def compute_losses(self, image: ImageSource | None = None) -> dict[str, torch.Tensor]:
         """Each weighted loss term as it enters the total, plus ``"total"``.
 
-        Works on any image or batch of the output size (default: the current one); a batch's
-        terms are sums over its samples. Differentiable.
+        Works on any image or batch of the output size (default: the current one; an array,
+        PIL image or path is loaded first); a batch's terms are sums over its samples.
+        Differentiable.
         """
         if image is None:
             image = self.image
+        elif not isinstance(image, torch.Tensor):
+            image = load_image(image, "image").to(self.image.device)
         elif image.dim() == 3:
             image = image.unsqueeze(0)
         self._ensure_targets()
