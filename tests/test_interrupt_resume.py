@@ -15,7 +15,7 @@ import torch
 from conftest import TINY_BACKBONE
 from texsynth import TextureSynthesis
 from texsynth.api import fit
-from texsynth.errors import InvalidArgumentError
+from texsynth.errors import CheckpointError, InvalidArgumentError
 
 RUN = ["synthesize", "cells", "--exemplar-size", "32", "--backbone", "random_pyramid", "--max-iter", "4",
        "--seed", "1", "--no-log", "--no-progress", "--json"]
@@ -84,6 +84,30 @@ def test_a_checkpoint_of_other_settings_is_refused(exemplar, tmp_path):
     garbage.write_bytes(b"nope")
     with pytest.raises(InvalidArgumentError, match="garbage.ckpt"):
         fit(other, 3, logdir=False, progress_bar=False, quiet=True, resume=garbage)
+
+
+def test_a_file_that_is_no_texsynth_checkpoint_gets_a_one_line_reason(exemplar, tmp_path):
+    """Lightning's own errors for these were a TypeError traceback (a saved list), a bare
+    KeyError, or torch's multi-line advice to load the file unsafely."""
+    checkpoint = tmp_path / "run.ckpt"
+    fit(TextureSynthesis(exemplar, **TINY_BACKBONE, seed=0), 1, logdir=False, progress_bar=False, quiet=True,
+        checkpoint=checkpoint, checkpoint_every=1)
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(checkpoint.read_bytes()[: checkpoint.stat().st_size // 2])
+    torch.save([1, 2], tmp_path / "list.ckpt")
+    torch.save({"weight": torch.zeros(2)}, tmp_path / "state_dict.ckpt")
+    (tmp_path / "empty.ckpt").write_bytes(b"")
+    (tmp_path / "text.ckpt").write_text("hello")
+    expected = {"truncated.ckpt": "corrupt or truncated", "list.ckpt": "not a texsynth checkpoint",
+                "state_dict.ckpt": "not a texsynth checkpoint", "empty.ckpt": "the file is empty",
+                "text.ckpt": "not a file written by torch.save", "missing.ckpt": "no such checkpoint file"}
+    for name, reason in expected.items():
+        module = TextureSynthesis(exemplar, **TINY_BACKBONE, seed=0)
+        with pytest.raises(CheckpointError, match=reason) as raised:
+            fit(module, 3, logdir=False, progress_bar=False, quiet=True, resume=tmp_path / name)
+        message = str(raised.value)
+        assert message.startswith(f"--resume {tmp_path / name}:") and "\n" not in message
+        assert module.num_steps == 0  # refused before any step
 
 
 def test_sigterm_stops_at_the_end_of_the_step_with_image_and_checkpoint(exemplar, tmp_path):

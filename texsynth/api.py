@@ -14,8 +14,8 @@ from typing import Any, Iterator, Sequence
 import torch
 
 from texsynth.callbacks import stopping_callbacks
-from texsynth.checkpointing import SaveAndInterrupt
-from texsynth.errors import CheckpointError
+from texsynth.checkpointing import SaveAndInterrupt, check_resumable
+from texsynth.errors import CheckpointError, torch_load_failure
 from texsynth.image_io import ImageSource, output_format, require_writable_folder, save_image, to_pil
 from texsynth.memory import check_memory
 from texsynth.module import TextureSynthesis
@@ -88,8 +88,8 @@ def fit(
     """
     saver = SaveAndInterrupt(checkpoint, image_path, checkpoint_every)
     callbacks = [*trainer_options.pop("callbacks", ()), saver]
-    if resume is not None and not Path(resume).is_file():
-        raise CheckpointError(f"--resume {resume}: no such checkpoint file")
+    if resume is not None:
+        check_resumable(resume)
     with quiet_lightning(quiet):
         trainer = make_trainer(steps, logdir=logdir, run_name=module.exemplar_name, callbacks=callbacks,
                                **trainer_options)
@@ -99,7 +99,8 @@ def fit(
         except (RuntimeError, KeyError, EOFError, pickle.UnpicklingError) as error:
             if resume is None:
                 raise
-            raise CheckpointError(f"--resume {resume}: not a usable texsynth checkpoint ({error})".splitlines()[0]) from None
+            raise CheckpointError(
+                f"--resume {resume}: not a usable texsynth checkpoint ({torch_load_failure(error)})") from None
         seconds = time.perf_counter() - start
     log_dir = trainer.logger.log_dir if trainer.logger is not None else None
     return seconds, log_dir

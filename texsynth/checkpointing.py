@@ -23,7 +23,26 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from texsynth._logging import log
+from texsynth.errors import CheckpointError, torch_load_failure
 from texsynth.image_io import atomic_write, save_image
+
+
+def check_resumable(path: str | os.PathLike) -> None:
+    """Refuse, in one line, a ``resume`` file that is missing or not a texsynth checkpoint,
+    before Lightning loads it (whose errors for such files are tracebacks or torch's
+    multi-line advice). Memory-mapped, so even a large L-BFGS history costs nothing to open."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"--resume {path}: no such checkpoint file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"--resume {path}: not a usable texsynth checkpoint (the file is empty)")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as error:
+        raise CheckpointError(
+            f"--resume {path}: not a usable texsynth checkpoint ({torch_load_failure(error)})") from None
+    if not isinstance(checkpoint, dict) or "texsynth" not in checkpoint or "state_dict" not in checkpoint:
+        raise CheckpointError(f"--resume {path}: a torch file, but not a texsynth checkpoint (no 'texsynth' entry)")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

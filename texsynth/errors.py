@@ -6,6 +6,8 @@ message must name the offending input and say what is wrong with it.
 
 from __future__ import annotations
 
+import pickle
+
 
 class TexsynthError(Exception):
     """Base class of errors caused by user input or environment, not by a texsynth bug."""
@@ -36,3 +38,17 @@ class UnknownNameError(InvalidArgumentError, KeyError):
 
 class OutputWriteError(TexsynthError, OSError):
     """A result could not be written (read-only or full disk, bad path)."""
+
+
+def torch_load_failure(error: Exception) -> str:
+    """Why ``torch.load`` refused a file, in one line: its own messages run to many lines, and
+    the ``weights_only`` one advises an unsafe load texsynth does not offer."""
+    message = str(error)
+    if isinstance(error, (pickle.UnpicklingError, EOFError)) or "Weights only load failed" in message:
+        return "corrupt, not saved by torch.save, or holding more than tensors"
+    if "_use_new_zipfile_serialization" in message:  # torch.load(mmap=True) of a non-zip file
+        return "not a file written by torch.save"
+    if "PytorchStreamReader" in message:
+        return "corrupt or truncated"
+    lines = message.strip().splitlines()
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__

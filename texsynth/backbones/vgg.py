@@ -8,7 +8,6 @@ a hooked pre-activation (e.g. ``conv1_1``, used by the reference) is not overwri
 from __future__ import annotations
 
 import os
-import pickle
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,7 +19,7 @@ from torchvision.models.vgg import cfgs, make_layers
 
 from texsynth.backbones.base import Backbone
 from texsynth.backbones.registry import register_backbone
-from texsynth.errors import InvalidArgumentError, WeightsUnavailableError
+from texsynth.errors import InvalidArgumentError, WeightsUnavailableError, torch_load_failure
 
 IMAGENET_WEIGHTS = VGG19_Weights.IMAGENET1K_V1
 IMAGENET_ALIASES = {"imagenet", "default", "imagenet1k_v1"}
@@ -235,7 +234,7 @@ def _load_weights(
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
         raise WeightsUnavailableError(
-            f"VGG19 weights file {path}: not a readable PyTorch state dict ({_why_unreadable(error)})"
+            f"VGG19 weights file {path}: not a readable PyTorch state dict ({torch_load_failure(error)})"
         ) from None
     if isinstance(loaded, dict) and "state_dict" in loaded and isinstance(loaded["state_dict"], dict):
         loaded = loaded["state_dict"]
@@ -244,21 +243,12 @@ def _load_weights(
     return loaded
 
 
-def _why_unreadable(error: Exception) -> str:
-    """One line for why weights could not be had: torch.load's refusals run to many lines, and
-    the weights_only one advises an unsafe load texsynth does not offer."""
-    if isinstance(error, pickle.UnpicklingError):
-        return "corrupt, not saved by torch.save, or holding more than tensors"
-    lines = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
-
-
 def _load_imagenet_state_dict(progress: bool) -> dict[str, torch.Tensor]:
     try:
         return IMAGENET_WEIGHTS.get_state_dict(progress=progress, check_hash=False)
     except Exception as error:
         raise WeightsUnavailableError(
-            f"cannot get ImageNet VGG19 weights ({_why_unreadable(error)}); "
+            f"cannot get ImageNet VGG19 weights ({torch_load_failure(error)}); "
             f"download them with `texsynth download-weights` on a machine with internet, "
             f"or place {os.path.basename(IMAGENET_WEIGHTS.url)} in {imagenet_weights_path().parent} "
             f"(TORCH_HOME), or pass a local state dict with --weights PATH (weights=PATH), "
