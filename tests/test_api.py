@@ -5,7 +5,7 @@ import torch
 from PIL import Image
 
 from conftest import TINY_BACKBONE
-from texsynth import InvalidArgumentError, TextureSynthesisCNN, synthesize
+from texsynth import InvalidArgumentError, TexsynthError, TextureSynthesisCNN, synthesize
 from texsynth.image_io import save_image
 
 
@@ -82,3 +82,22 @@ def test_no_output_overwrites_the_exemplar_file(exemplar, tmp_path):
         several.save(tmp_path / "brick.png")
     assert not (tmp_path / "brick_0.png").exists()  # nothing written when one target is refused
     assert [p.name for p in several.save(tmp_path / "other.png")] == ["other_0.png", "other_1.png"]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"checkpoint_every": -1}, "checkpoint_every must be an integer >= 0, got -1"),
+    ({"checkpoint_every": 1.5}, "checkpoint_every must be an integer >= 0, got 1.5"),
+    ({"log_images_every": 0}, "log_images_every must be a positive integer, got 0"),
+    ({"checkpoint": "FOLDER"}, "is a folder, not a file name"),
+    ({"image_path": "FOLDER"}, "is a folder, not a file name"),
+])
+def test_bad_run_options_fail_before_the_coarse_stages(exemplar, tmp_path, monkeypatch, kwargs, message):
+    import texsynth.api
+
+    def no_stage(*args, **kwargs):
+        raise AssertionError("a coarse stage ran before the bad option was refused")
+
+    monkeypatch.setattr(texsynth.api, "coarse_to_fine_start", no_stage)
+    kwargs = {key: (tmp_path if value == "FOLDER" else value) for key, value in kwargs.items()}
+    with pytest.raises(TexsynthError, match=message):
+        synthesize(exemplar, steps=1, size=16, coarse_levels=1, **kwargs, **TINY_BACKBONE)

@@ -171,6 +171,23 @@ def test_batch_cli_bad_input_is_one_line_exit_2(args, fragment, tmp_path, capsys
     assert not (tmp_path / "OUT").exists()
 
 
+@pytest.mark.parametrize("kwargs, message", [
+    ({"steps": 1.5}, "steps must be a positive integer, got 1.5"),
+    ({"seed": -2}, "seed must be an integer >= 0, got -2"),
+    ({"checkpoint_every": -1}, "checkpoint_every must be an integer >= 0"),
+    ({"log_images_every": 0}, "log_images_every must be a positive integer"),
+    ({"devices": 0}, "devices must be a positive integer"),
+])
+def test_batch_refuses_bad_counts_before_any_item(kwargs, message, tmp_path):
+    """Such a count used to pass the check (a float) and fail every item, one by one."""
+    from texsynth import batch
+
+    src = _source(tmp_path / "SRC", names=("bricks",), corrupt=False)
+    with pytest.raises(InvalidArgumentError, match=message):
+        batch(src, tmp_path / "OUT", **kwargs)
+    assert not (tmp_path / "OUT").exists()
+
+
 def test_batch_into_an_out_folder_that_cannot_exist_fails_before_any_item(tmp_path, capsys):
     from texsynth.cli import main
 

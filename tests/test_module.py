@@ -209,6 +209,8 @@ def test_user_loss_registered_in_user_code_is_used_by_name(exemplar):
         ({"losses": {"gram": float("nan")}}, "finite"),
         ({"losses": {"nope": 1.0}}, "unknown loss 'nope'"),
         ({"backbone": "nope"}, "unknown backbone 'nope'"),
+        ({"lbfgs": 3}, "lbfgs must be a mapping of L-BFGS options, got int"),
+        ({"backbone_options": [3]}, "backbone_options must be a mapping, got list"),
     ],
 )
 def test_bad_options_fail_before_any_work(exemplar, kwargs, message):

@@ -15,7 +15,7 @@ import torch
 
 from texsynth.callbacks import stopping_callbacks
 from texsynth.checkpointing import SaveAndInterrupt, check_resumable
-from texsynth.errors import CheckpointError, torch_load_failure
+from texsynth.errors import CheckpointError, require_count, torch_load_failure
 from texsynth.image_io import ImageSource, output_format, require_writable_folder, save_image, to_pil
 from texsynth.memory import check_memory
 from texsynth.module import TextureSynthesis
@@ -160,6 +160,8 @@ def synthesize(
     """
     callbacks = [*callbacks, *stopping_callbacks(stop_when_stalled, max_copy_score)]
     require_coarse_steps(coarse_steps)
+    require_count(checkpoint_every, "checkpoint_every", minimum=0)  # before the coarse stages run
+    require_count(log_images_every, "log_images_every")
     require_coarse_layers(coarse_layers)
     require_coarse_starts(coarse_starts)
     recipe_options = dict(backbone=backbone, weights=weights, losses=losses, preset=preset, **module_options)

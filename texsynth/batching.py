@@ -30,7 +30,7 @@ import torch
 
 from texsynth._logging import log
 from texsynth.callbacks import MatmulPrecision, stopping_callbacks
-from texsynth.errors import CheckpointError, InvalidArgumentError, TexsynthError
+from texsynth.errors import CheckpointError, InvalidArgumentError, TexsynthError, require_count
 from texsynth.image_io import require_writable_folder
 from texsynth.manifest import DONE, FAILED, INTERRUPTED, MANIFEST_NAME, Manifest
 from texsynth.multiscale import CoarseSchedule
@@ -233,11 +233,14 @@ def batch(
     from lightning.fabric import Fabric
 
     source, out = Path(source), Path(out)
-    for name, value in (("variations", variations), ("steps", steps), ("devices", devices), ("num_nodes", num_nodes)):
-        if isinstance(value, int) and (isinstance(value, bool) or value < 1):
-            raise InvalidArgumentError(f"{name} must be a positive integer, got {value!r}")
-    if seed < 0:
-        raise InvalidArgumentError(f"seed must be >= 0, got {seed}")
+    # checked here, not per item: a bad count would fail every item, each after loading its exemplar
+    for name, value in (("variations", variations), ("steps", steps), ("num_nodes", num_nodes),
+                        ("log_images_every", log_images_every)):
+        require_count(value, name)
+    require_count(checkpoint_every, "checkpoint_every", minimum=0)
+    require_count(seed, "seed", minimum=0)
+    if not isinstance(devices, (str, list)):  # "auto", "0,1" and [0, 1] are Lightning's to judge
+        require_count(devices, "devices")
     if out.exists() and not out.is_dir():
         raise InvalidArgumentError(f"OUT {out}: exists and is not a directory")
     if source.exists() and out.resolve() == source.resolve():

@@ -23,7 +23,7 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from texsynth._logging import log
-from texsynth.errors import CheckpointError, torch_load_failure
+from texsynth.errors import CheckpointError, require_count, torch_load_failure
 from texsynth.image_io import atomic_write, save_image
 
 
@@ -65,7 +65,7 @@ class SaveAndInterrupt(L.Callback):
                  every_n_steps: int = 0) -> None:
         self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
         self.image_path = Path(image_path) if image_path else None
-        self.every_n_steps = int(every_n_steps)
+        self.every_n_steps = require_count(every_n_steps, "checkpoint_every", minimum=0)
         self.requested: int | None = None
         self._previous: dict[int, Any] = {}
 

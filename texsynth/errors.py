@@ -40,6 +40,14 @@ class OutputWriteError(TexsynthError, OSError):
     """A result could not be written (read-only or full disk, bad path)."""
 
 
+def require_count(value: object, name: str, minimum: int = 1) -> int:
+    """``value`` as an int of at least ``minimum`` (a count of steps, stages, …), else a
+    one-line error naming ``name``: floats and bools are refused, not truncated."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise InvalidArgumentError(f"{name} must be {kind}, got {value!r}")
+    return value
+
 def torch_load_failure(error: Exception) -> str:
     """Why ``torch.load`` refused a file, in one line: its own messages run to many lines, and
     the ``weights_only`` one advises an unsafe load texsynth does not offer."""

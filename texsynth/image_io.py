@@ -193,6 +193,8 @@ def require_writable_folder(path: str | os.PathLike, label: str) -> None:
     Creates the folder (as writing would) and a probe file in it: permission bits alone
     say nothing for root, or for read-only mounts.
     """
+    if Path(path).is_dir():  # renaming a finished file onto it would fail after the run
+        raise OutputWriteError(f"{label}: {path} is a folder, not a file name")
     folder = Path(path).parent
     if folder.exists() and not folder.is_dir():
         raise OutputWriteError(f"{label}: {folder} is a file, not a folder")

@@ -144,6 +144,8 @@ class TextureSynthesis(L.LightningModule):
         self.init_kind = init or recipe.preset.init
         if self.init_kind not in INITS:
             raise InvalidArgumentError(f"unknown init {self.init_kind!r}; known: {', '.join(INITS)}")
+        if lbfgs is not None and not isinstance(lbfgs, Mapping):
+            raise InvalidArgumentError(f"lbfgs must be a mapping of L-BFGS options, got {type(lbfgs).__name__}")
         self.lbfgs_options = {**LBFGS_DEFAULTS, **recipe.preset.lbfgs, **(lbfgs or {})}
         _check_lbfgs(self.lbfgs_options)
         if "history_size" not in (lbfgs or {}):

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from texsynth._logging import log
 from texsynth.backbones.base import Backbone
-from texsynth.errors import InvalidArgumentError
+from texsynth.errors import InvalidArgumentError, require_count
 from texsynth.losses.layered import LayeredLoss
 
 #: what the coarse stages match: every layer of the full size, or the layers whose window,
@@ -43,8 +43,8 @@ COARSE_LAYERS = ("all", "matched")
 
 
 def _require_positive_count(value: Any, what: str) -> None:
-    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-        raise InvalidArgumentError(f"{what} must be a positive integer, got {value!r}")
+    if value is not None:
+        require_count(value, what)
 
 
 def require_coarse_steps(value: Any) -> None:

@@ -116,6 +116,8 @@ def _resolve_backbone(
     if not isinstance(name, str):
         raise InvalidArgumentError(f"backbone must be a name or nn.Module, got {type(name).__name__}")
     BACKBONES.get(name)  # unknown names fail here with the list of known ones
+    if options is not None and not isinstance(options, Mapping):
+        raise InvalidArgumentError(f"backbone_options must be a mapping, got {type(options).__name__}")
     merged = dict(preset.backbone_options) if name == preset.backbone else {}
     merged.update(options or {})
     if weights is not None:

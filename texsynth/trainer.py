@@ -17,7 +17,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from texsynth.allocator import keep_freed_memory_policy
 from texsynth.callbacks import DeterministicOnGPU, KeepFreedMemory, MatmulPrecision, TensorBoardImages
 from texsynth.checkpointing import AtomicCheckpointIO
-from texsynth.errors import InvalidArgumentError
+from texsynth.errors import InvalidArgumentError, require_count
 
 DEFAULT_LOGDIR = "texsynth_logs"
 
@@ -59,8 +59,8 @@ def make_trainer(
     peak memory). ``deterministic_on_gpu`` (the default) makes a run on a
     GPU reproducible bit for bit (:class:`~texsynth.callbacks.DeterministicOnGPU`).
     """
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-        raise InvalidArgumentError(f"steps must be a positive integer, got {steps!r}")
+    require_count(steps, "steps")
+    require_count(log_images_every, "log_images_every")
     logger: TensorBoardLogger | bool = False
     extra: list[L.Callback] = [] if matmul_precision is None else [MatmulPrecision(matmul_precision)]
     if keep_freed_memory_policy() != "never":
