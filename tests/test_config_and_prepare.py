@@ -32,7 +32,9 @@ def test_a_written_config_reproduces_the_run(tmp_path, capsys):
 
 @pytest.mark.parametrize(
     "content, message",
-    [("steps: 2\nbogus: 1\n", "unknown key(s) bogus"), ("- a\n- b\n", "expected a mapping"), ("a: [b\n", "not a readable YAML")],
+    [("steps: 2\nbogus: 1\n", "unknown key(s) bogus"), ("- a\n- b\n", "expected a mapping"), ("a: [b\n", "not a readable YAML"),
+     # argparse converts a file's strings as if typed, and blamed "argument --steps"
+     ("steps: two\n", "run.yaml: steps: 'two' is not a valid int")],
 )
 def test_bad_config_files_are_one_line_errors(tmp_path, capsys, content, message):
     path = tmp_path / "run.yaml"

@@ -173,8 +173,16 @@ def _apply_config(parser: argparse.ArgumentParser, argv: Sequence[str] | None, c
 
     config = read_config(path)
     run = parser.command_parsers[command]  # type: ignore[attr-defined]
-    dests = {action.dest for action in run._actions}
-    run.set_defaults(**{key: value for key, value in config.items() if key in dests})
+    actions = {action.dest: action for action in run._actions}
+    for key, value in config.items():
+        convert = getattr(actions.get(key), "type", None)
+        if isinstance(value, str) and callable(convert):  # argparse would blame the command line
+            try:
+                convert(value)
+            except (TypeError, ValueError, argparse.ArgumentTypeError):
+                name = getattr(convert, "__name__", "value")
+                raise InvalidArgumentError(f"--config {path}: {key}: {value!r} is not a valid {name}") from None
+    run.set_defaults(**{key: value for key, value in config.items() if key in actions})
     args = parser.parse_args(argv)
     args.config_extras = {key: config[key] for key in ("backbone_options", "losses", "lbfgs") if key in config}
     return args
