@@ -219,3 +219,19 @@ def test_receptive_fields_are_the_input_windows_features_depend_on(name, options
     for layer in layers:
         assert backbone.receptive_field(layer) == _measured_receptive_field(backbone, layer, size), layer
     assert backbone.receptive_field("no_such_layer") is None
+
+
+def test_weights_alone_ask_for_vgg19_and_a_backbone_without_weights_refuses_them(tmp_path, torch_home):
+    from texsynth.losses import create_loss
+    from texsynth.recipe import resolve_preset, resolve_recipe
+
+    # --weights without --backbone once applied ImageNet weights to the weight-free default,
+    # which failed with "random_pyramid() got an unexpected keyword argument 'weights'"
+    assert resolve_preset(None, None, weights="imagenet").backbone == "vgg19"
+    assert resolve_preset(None, None).backbone != "vgg19"  # no weights cached in the test home
+    path = tmp_path / "vgg_prefix.pth"
+    torch.save(_partial_state_dict(), path)
+    recipe = resolve_recipe(weights=str(path), losses=[create_loss("gram", layers=["conv1_1"])])
+    assert recipe.backbone_name == "vgg19"
+    with pytest.raises(InvalidArgumentError, match="weights: backbone 'random_pyramid' has no weights to load"):
+        resolve_recipe(backbone="random_pyramid", weights="random")

@@ -177,13 +177,17 @@ def test_batch_cli_bad_input_is_one_line_exit_2(args, fragment, tmp_path, capsys
     ({"checkpoint_every": -1}, "checkpoint_every must be an integer >= 0"),
     ({"log_images_every": 0}, "log_images_every must be a positive integer"),
     ({"devices": 0}, "devices must be a positive integer"),
+    ({"losses": {"bogus": 1.0}}, "unknown loss 'bogus'"),
+    ({"weights": "no/such/vgg19.pth"}, "VGG19 weights file no/such/vgg19.pth: no such file"),
 ])
-def test_batch_refuses_bad_counts_before_any_item(kwargs, message, tmp_path):
-    """Such a count used to pass the check (a float) and fail every item, one by one."""
+def test_batch_refuses_bad_options_before_any_item(kwargs, message, tmp_path):
+    """Such options used to fail every item, one by one (a float count passed the check)."""
     from texsynth import batch
 
+    from texsynth import TexsynthError
+
     src = _source(tmp_path / "SRC", names=("bricks",), corrupt=False)
-    with pytest.raises(InvalidArgumentError, match=message):
+    with pytest.raises(TexsynthError, match=message):
         batch(src, tmp_path / "OUT", **kwargs)
     assert not (tmp_path / "OUT").exists()
 

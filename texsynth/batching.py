@@ -35,7 +35,7 @@ from texsynth.image_io import require_writable_folder
 from texsynth.manifest import DONE, FAILED, INTERRUPTED, MANIFEST_NAME, Manifest
 from texsynth.multiscale import CoarseSchedule
 from texsynth.presets import DEFAULT_STEPS
-from texsynth.recipe import default_preset_name, resolve_preset
+from texsynth.recipe import default_preset_name, resolve_preset, resolve_recipe
 from texsynth.trainer import lightning_settings
 
 #: file suffixes taken as exemplars; anything else in the source folder is ignored.
@@ -250,12 +250,17 @@ def batch(
     if module_options.get("matmul_precision") is not None:
         MatmulPrecision(module_options["matmul_precision"])
     find_exemplars(source, exclude=out)  # fail before launching processes
-    if module_options.get("preset") is None and module_options.get("backbone") is None:
+    if all(module_options.get(key) is None for key in ("preset", "backbone", "weights")):
         module_options["preset"] = default_preset_name()  # decided (and reported) once, not per item
     # bad coarse steps, layers or starts (several without a coarse stage) fail here, not once per item
-    CoarseSchedule.resolve(resolve_preset(module_options.get("preset"), module_options.get("backbone")),
+    CoarseSchedule.resolve(resolve_preset(module_options.get("preset"), module_options.get("backbone"),
+                                          module_options.get("weights")),
                            levels=module_options.get("coarse_levels"), steps=module_options.get("coarse_steps"),
                            layers=module_options.get("coarse_layers"), starts=module_options.get("coarse_starts"))
+    # a recipe every item would fail on (an unknown loss, missing weights) fails here, once; on
+    # a fresh machine this also fetches ImageNet weights once, before the processes start
+    resolve_recipe(**{key: module_options.get(key) for key in ("preset", "backbone", "backbone_options", "weights",
+                                                               "losses")})
     job = _Job(source, out, variations, steps, seed, str(logdir) if logdir else None, log_images_every,
                precision, progress, progress_interval, checkpoint_every, module_options)
     # the precision is checked here, once, on the devices the items will run on

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -67,7 +68,7 @@ def resolve_recipe(
     weights: Any = None,
     losses: LossSpec = None,
 ) -> Recipe:
-    preset_obj = resolve_preset(preset, backbone)
+    preset_obj = resolve_preset(preset, backbone, weights)
     backbone_module, backbone_name, used_options = _resolve_backbone(
         preset_obj, backbone, backbone_options, weights
     )
@@ -77,13 +78,17 @@ def resolve_recipe(
     return Recipe(preset_obj, backbone_module, backbone_name, loss_modules, used_options)
 
 
-def resolve_preset(preset: str | Preset | None, backbone: str | nn.Module | None = None) -> Preset:
+def resolve_preset(preset: str | Preset | None, backbone: str | nn.Module | None = None,
+                   weights: Any = None) -> Preset:
     """The preset a run with these arguments uses: the named one, else the first built on
-    ``backbone``, else the default (:func:`default_preset_name`)."""
+    ``backbone`` (on VGG19 if only ``weights`` are given: it is the backbone that has
+    weights to load), else the default (:func:`default_preset_name`)."""
     if isinstance(preset, Preset):
         return preset
     if preset is not None:
         return get_preset(preset)
+    if backbone is None and weights is not None:
+        backbone = "vgg19"
     if backbone is None:
         return get_preset(default_preset_name())
     if isinstance(backbone, str):
@@ -115,7 +120,9 @@ def _resolve_backbone(
     name = backbone or preset.backbone
     if not isinstance(name, str):
         raise InvalidArgumentError(f"backbone must be a name or nn.Module, got {type(name).__name__}")
-    BACKBONES.get(name)  # unknown names fail here with the list of known ones
+    factory = BACKBONES.get(name)  # unknown names fail here with the list of known ones
+    if weights is not None and "weights" not in inspect.signature(factory).parameters:
+        raise InvalidArgumentError(f"weights: backbone {name!r} has no weights to load (vgg19 has)")
     if options is not None and not isinstance(options, Mapping):
         raise InvalidArgumentError(f"backbone_options must be a mapping, got {type(options).__name__}")
     merged = dict(preset.backbone_options) if name == preset.backbone else {}

@@ -252,7 +252,7 @@ def _load_imagenet_state_dict(progress: bool) -> dict[str, torch.Tensor]:
             f"download them with `texsynth download-weights` on a machine with internet, "
             f"or place {os.path.basename(IMAGENET_WEIGHTS.url)} in {imagenet_weights_path().parent} "
             f"(TORCH_HOME), or pass a local state dict with --weights PATH (weights=PATH), "
-            f"or use the weight-free backbone (--backbone random_multiscale)"
+            f"or use the weight-free recipe (--preset weight_free)"
         ) from None
 
 
