@@ -74,3 +74,24 @@ def test_bf16_mixed_synthesis_on_cpu_lowers_the_loss_and_keeps_a_float32_image(e
     assert module.image.dtype == torch.float32
     assert module.last_losses["total"].dtype == torch.float32
     assert module.loss_history[-1] < 0.2 * before
+
+
+def test_16_bit_true_precisions_are_refused_with_the_mixed_ones_named(exemplar):
+    """Lightning's "-true" precisions convert the image itself; they crashed with a dtype
+    mismatch traceback inside the backbone."""
+    import lightning as L
+    import pytest
+
+    from texsynth import InvalidArgumentError
+
+    for precision in ("16-true", "bf16-true"):
+        module = TextureSynthesis(exemplar, **TINY_BACKBONE, seed=0)
+        with pytest.raises(InvalidArgumentError, match=f"precision '{precision}' would store the image in 16 bits"):
+            fit(module, 1, logdir=False, progress_bar=False, quiet=True, precision=precision)
+        assert module.num_evals == 0
+    module = TextureSynthesis(exemplar, **TINY_BACKBONE, seed=0)  # a Trainer of one's own
+    trainer = L.Trainer(max_steps=1, precision="bf16-true", logger=False, enable_progress_bar=False,
+                        enable_checkpointing=False, enable_model_summary=False)
+    with pytest.raises(InvalidArgumentError, match="use bf16-mixed or 16-mixed"):
+        trainer.fit(module)
+    assert module.num_evals == 0

@@ -358,6 +358,10 @@ class TextureSynthesis(L.LightningModule):
         return range(max(int(self.trainer.max_steps), 1))
 
     def on_fit_start(self) -> None:
+        if self.image.dtype in (torch.float16, torch.bfloat16):  # a Trainer with a "-true" 16-bit precision
+            raise InvalidArgumentError(
+                f"precision {self.trainer.precision!r} stores the image in {self.image.dtype}, too coarse for "
+                f"L-BFGS's steps; use bf16-mixed or 16-mixed (the image and losses stay float32)")
         check_memory(self, self.image.device, allow_checkpointing=self.checkpointing is None)
         self._ensure_targets()
 

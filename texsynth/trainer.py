@@ -106,10 +106,19 @@ def planned_device(accelerator: Any, devices: Any) -> torch.device | None:
     return None
 
 
+#: precisions that would store the image itself in 16 bits (Lightning's "-true" ones convert
+#: the module's parameters): L-BFGS's late steps are far below its rounding
+IMAGE_IN_16_BITS = ("16-true", "bf16-true")
+
+
 @contextlib.contextmanager
 def lightning_settings(accelerator: Any, devices: Any, precision: Any) -> Iterator[None]:
     """Turn Lightning's refusal of an accelerator, device list or precision (raised when a
     ``Trainer`` or ``Fabric`` is built) into a one-line error naming the setting."""
+    if str(precision) in IMAGE_IN_16_BITS:
+        raise InvalidArgumentError(
+            f"precision {precision!r} would store the image in 16 bits, too coarse for L-BFGS's steps; "
+            f"use bf16-mixed or 16-mixed (the backbone in 16 bits, the image and losses in float32)")
     try:
         yield
     except (MisconfigurationException, ValueError, RuntimeError, ImportError) as error:
