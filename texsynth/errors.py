@@ -48,6 +48,7 @@ def require_count(value: object, name: str, minimum: int = 1) -> int:
         raise InvalidArgumentError(f"{name} must be {kind}, got {value!r}")
     return value
 
+
 def torch_load_failure(error: Exception) -> str:
     """Why ``torch.load`` refused a file, in one line: its own messages run to many lines, and
     the ``weights_only`` one advises an unsafe load texsynth does not offer."""

@@ -206,8 +206,9 @@ class TextureSynthesis(L.LightningModule):
         return initial_image(self.init_kind, shape, self._generator, self.exemplar)
 
     def reset_image(self, image: ImageSource | None = None) -> None:
-        """Start again from fresh noise, or from ``image`` (a tensor, array, PIL image or path; resized to the output size, wrapping
-        around if the output is a tile; e.g. a coarser scale's result), and forget the L-BFGS state."""
+        """Start again from fresh noise, or from ``image`` (a tensor, array, PIL image or path,
+        e.g. a coarser scale's result; resized to the output size, wrapping around if the output
+        is a tile), and forget the L-BFGS state."""
         if image is None:
             image = self._new_image()
         else:
