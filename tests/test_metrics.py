@@ -100,3 +100,19 @@ def test_bad_metric_input_is_named():
 
     with pytest.raises(InvalidArgumentError, match="`preds`"):
         lbp_distance(torch.rand(2, 3, 8, 8), torch.rand(1, 3, 8, 8))
+
+
+def test_metrics_name_what_they_cannot_measure():
+    """An array (not a tensor) used to fail with AttributeError 'dim'; LBP of an image no
+    larger than twice its radius returned NaN."""
+    import numpy as np
+
+    from texsynth.errors import InvalidArgumentError
+    from texsynth.metrics import lbp_distance, texture_metrics
+
+    with pytest.raises(InvalidArgumentError, match="expected `preds` to be a tensor, got ndarray"):
+        texture_metrics(np.random.rand(32, 32, 3), torch.rand(3, 32, 32))
+    with pytest.raises(InvalidArgumentError, match="`target` is 8x8; LBP at radius 4 needs more than 8 pixels"):
+        lbp_distance(torch.rand(3, 16, 16), torch.rand(3, 8, 8))
+    assert torch.isfinite(lbp_distance(torch.rand(3, 9, 9), torch.rand(3, 9, 9)))
+    assert torch.isfinite(lbp_distance(torch.rand(3, 8, 8), torch.rand(3, 8, 8), radii=(1, 2)))

@@ -32,6 +32,9 @@ _BINOMIAL = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0]) / 16.0
 
 
 def _as_batch(image: torch.Tensor, name: str) -> torch.Tensor:
+    if not isinstance(image, torch.Tensor):
+        raise InvalidArgumentError(f"expected `{name}` to be a tensor, got {type(image).__name__} "
+                                   f"(texsynth.load_image reads paths, PIL images and arrays)")
     if image.dim() == 3:
         image = image.unsqueeze(0)
     if image.dim() != 4 or image.shape[0] != 1 or image.shape[1] != 3:
@@ -153,6 +156,11 @@ def lbp_histogram(image: torch.Tensor, radius: int) -> torch.Tensor:
 def lbp_distance(preds: torch.Tensor, target: torch.Tensor, radii: tuple[int, ...] = (1, 2, 4)) -> torch.Tensor:
     """Mean over radii of the total-variation distance between LBP histograms (0…1)."""
     preds, target = _as_batch(preds, "preds"), _as_batch(target, "target")
+    for name, image in (("preds", preds), ("target", target)):
+        if min(image.shape[-2:]) <= 2 * max(radii):  # no pixel has all its neighbours: a NaN histogram
+            height, width = image.shape[-2:]
+            raise InvalidArgumentError(f"`{name}` is {width}x{height}; LBP at radius {max(radii)} needs more than "
+                                       f"{2 * max(radii)} pixels on each side")
     distances = [0.5 * (lbp_histogram(preds, r) - lbp_histogram(target, r)).abs().sum() for r in radii]
     return torch.stack(distances).mean()
 
