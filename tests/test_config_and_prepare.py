@@ -65,3 +65,14 @@ def test_prepare_crops_resizes_and_skips_unreadable_files(tmp_path, capsys):
         assert image.size == (16, 16)
     assert {p: p.read_bytes() for p in source.rglob("*") if p.is_file()} == before
     assert main(["prepare", str(tmp_path / "nowhere"), str(destination)]) == 2
+
+
+def test_prepare_into_a_file_is_refused_before_any_image(tmp_path, capsys):
+    source = tmp_path / "dtd"
+    source.mkdir()
+    Image.fromarray(np.full((30, 30), 128, dtype=np.uint8)).save(source / "b.png")
+    in_the_way = tmp_path / "prepared"
+    in_the_way.write_text("a file")
+    assert main(["prepare", str(source), str(in_the_way), "--size", "16"]) == 2
+    assert "prepared: exists and is not a folder" in capsys.readouterr().err
+    assert in_the_way.read_text() == "a file"

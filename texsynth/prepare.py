@@ -29,6 +29,8 @@ def prepare_folder(source: str | os.PathLike, destination: str | os.PathLike, si
         raise InvalidArgumentError(f"--size must be a positive integer, got {size}")
     if destination.resolve() == source.resolve():
         raise InvalidArgumentError(f"{destination}: must differ from the source folder")
+    if destination.exists() and not destination.is_dir():  # else every write fails, the first one reported
+        raise InvalidArgumentError(f"{destination}: exists and is not a folder")
     files = sorted(p for p in source.rglob("*") if p.is_file() and p.name not in SKIPPED_NAMES
                    and destination.resolve() not in p.resolve().parents)
     written = skipped = 0
