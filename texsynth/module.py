@@ -27,7 +27,7 @@ from torch import nn
 from texsynth._logging import log
 from texsynth.backbones import Backbone
 from texsynth.config import yaml_safe
-from texsynth.errors import CheckpointError, InvalidArgumentError
+from texsynth.errors import CheckpointError, InvalidArgumentError, require_count
 from texsynth.features import FeatureExtractor
 from texsynth.image_io import ImageSource, Size, center_crop_resize, load_image, parse_size, save_image
 from texsynth.init import INITS, initial_image
@@ -137,9 +137,7 @@ class TextureSynthesis(L.LightningModule):
                 raise InvalidArgumentError("checkpointing=True needs a backbone (no feature loss is used)")
             self.extractor.enable_checkpointing()
 
-        if not isinstance(variations, int) or isinstance(variations, bool) or variations < 1:
-            raise InvalidArgumentError(f"variations must be a positive integer, got {variations!r}")
-        self.variations = variations
+        self.variations = require_count(variations, "variations")
         check_image_fits(self.output_size, variations)
         self.init_kind = init or recipe.preset.init
         if self.init_kind not in INITS:
