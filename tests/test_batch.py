@@ -23,7 +23,7 @@ from texsynth.batching import (
     split_items,
     work_items,
 )
-from texsynth.errors import InvalidArgumentError
+from texsynth.errors import InvalidArgumentError, TexsynthError
 from texsynth.examples import load_example
 from texsynth.image_io import save_image
 from texsynth.manifest import Manifest
@@ -68,6 +68,27 @@ def test_exemplars_are_found_recursively_and_outputs_named_per_variation(tmp_pat
     (tmp_path / "empty").mkdir()
     with pytest.raises(InvalidArgumentError, match="no image files"):
         find_exemplars(tmp_path / "empty")
+
+
+def test_two_exemplars_that_would_share_an_output_are_refused_before_any_item(tmp_path, capsys):
+    from texsynth.cli import main
+
+    src = _source(tmp_path / "SRC", names=("bricks",), corrupt=False)
+    save_image(load_example("weave", size=32)[0], src / "Bricks.jpg")  # -> Bricks.png: bricks.png on macOS
+    assert main(["batch", str(src), str(tmp_path / "OUT"), "--size", "24", "--steps", "1"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "Bricks.jpg and bricks.png would both be written to bricks.png" in error
+    assert len(error.splitlines()) == 1 and not (tmp_path / "OUT").exists()
+    assert [item.output for item in work_items(["a.jpg", "a_1.png"], 2)] == ["a_0.png", "a_1.png",
+                                                                             "a_1_0.png", "a_1_1.png"]
+
+
+def test_a_logdir_that_is_a_file_is_refused_before_any_item(tmp_path):
+    src = _source(tmp_path / "SRC", names=("bricks",), corrupt=False)
+    (tmp_path / "logs").write_text("a file")
+    with pytest.raises(TexsynthError, match="logdir: .*logs is a file, not a folder"):
+        _run(src, tmp_path / "OUT", logdir=tmp_path / "logs")
+    assert not (tmp_path / "OUT").exists()
 
 
 def _append_many(path, writer: int, count: int) -> None:
@@ -173,8 +194,8 @@ def test_batch_cli_bad_input_is_one_line_exit_2(args, fragment, tmp_path, capsys
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"steps": 1.5}, "steps must be a positive integer, got 1.5"),
-    ({"seed": -2}, "seed must be an integer >= 0, got -2"),
-    ({"checkpoint_every": -1}, "checkpoint_every must be an integer >= 0"),
+    ({"seed": -2}, "seed must be a non-negative integer, got -2"),
+    ({"checkpoint_every": -1}, "checkpoint_every must be a non-negative integer"),
     ({"log_images_every": 0}, "log_images_every must be a positive integer"),
     ({"devices": 0}, "devices must be a positive integer"),
     ({"losses": {"bogus": 1.0}}, "unknown loss 'bogus'"),

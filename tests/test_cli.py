@@ -99,6 +99,34 @@ def test_bad_input_exits_2_with_one_line(args, fragment, exemplar_png, tmp_path,
     assert not out.exists()
 
 
+def test_an_output_that_is_a_folder_is_refused_in_one_line(exemplar_png, tmp_path, capsys):
+    folder = tmp_path / "results"
+    folder.mkdir()
+    assert main(["synthesize", str(exemplar_png), "-o", str(folder), "--no-log", *TINY]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--output" in err and "is a folder, not a file name" in err and len(err.splitlines()) == 1
+    assert list(folder.iterdir()) == []
+
+
+def test_a_logdir_that_is_a_file_is_refused_before_the_run(exemplar_png, tmp_path, capsys):
+    in_the_way = tmp_path / "logs"
+    in_the_way.write_text("a file")
+    out = tmp_path / "out.png"
+    assert main(["synthesize", str(exemplar_png), "-o", str(out), "--logdir", str(in_the_way), *TINY]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "logdir" in err and "logs is a file, not a folder" in err and len(err.splitlines()) == 1
+    assert not out.exists() and in_the_way.read_text() == "a file"
+
+
+def test_logdir_true_means_the_default_folder(tmp_path, monkeypatch):
+    from texsynth.trainer import DEFAULT_LOGDIR, make_trainer
+
+    monkeypatch.chdir(tmp_path)
+    trainer = make_trainer(1, logdir=True, run_name="wall", accelerator="cpu", progress_bar=False)
+    assert trainer.logger is not None and trainer.logger.save_dir == DEFAULT_LOGDIR
+    assert not (tmp_path / "True").exists()
+
+
 def test_refuses_to_overwrite_the_exemplar(exemplar_png, capsys):
     before = exemplar_png.read_bytes()
     assert main(["synthesize", str(exemplar_png), "-o", str(exemplar_png), "--no-log", *TINY]) == 2

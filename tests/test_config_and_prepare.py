@@ -76,3 +76,17 @@ def test_prepare_into_a_file_is_refused_before_any_image(tmp_path, capsys):
     assert main(["prepare", str(source), str(in_the_way), "--size", "16"]) == 2
     assert "prepared: exists and is not a folder" in capsys.readouterr().err
     assert in_the_way.read_text() == "a file"
+
+
+def test_prepare_keeps_the_first_of_two_images_that_would_share_a_png(tmp_path, capsys):
+    source = tmp_path / "dtd"
+    source.mkdir()
+    Image.fromarray(np.full((30, 30, 3), 250, dtype=np.uint8)).save(source / "a.jpg")
+    Image.fromarray(np.full((30, 30, 3), 10, dtype=np.uint8)).save(source / "a.png")
+    destination = tmp_path / "prepared"
+    assert main(["prepare", str(source), str(destination), "--size", "16"]) == 0
+    captured = capsys.readouterr()
+    assert "wrote 1 image(s)" in captured.out and "skipped 1" in captured.out
+    assert "a.png" in captured.err and "already written from a.jpg" in captured.err
+    with Image.open(destination / "a.png") as image:
+        assert np.asarray(image).min() > 200  # a.jpg's, not overwritten by the dark a.png

@@ -31,7 +31,7 @@ import torch
 from texsynth._logging import log
 from texsynth.callbacks import MatmulPrecision, stopping_callbacks
 from texsynth.errors import CheckpointError, InvalidArgumentError, TexsynthError, require_count
-from texsynth.image_io import require_writable_folder
+from texsynth.image_io import require_writable_folder, require_writable_folder_itself
 from texsynth.manifest import DONE, FAILED, INTERRUPTED, MANIFEST_NAME, Manifest
 from texsynth.multiscale import CoarseSchedule
 from texsynth.presets import DEFAULT_STEPS
@@ -105,7 +105,19 @@ def output_name(exemplar: str, variation: int, variations: int) -> str:
 
 
 def work_items(exemplars: list[str], variations: int) -> list[WorkItem]:
-    return [WorkItem(name, k, output_name(name, k, variations)) for name in exemplars for k in range(variations)]
+    """Every (exemplar, variation) pair; refuses two exemplars that would share an output.
+
+    ``a.jpg`` and ``a.png`` both become ``a.png``: the second would overwrite the first and the
+    manifest would call both done. Names are compared case-folded, as macOS and Windows do.
+    """
+    items = [WorkItem(name, k, output_name(name, k, variations)) for name in exemplars for k in range(variations)]
+    first_by_output: dict[str, WorkItem] = {}
+    for item in items:
+        earlier = first_by_output.setdefault(item.output.casefold(), item)
+        if earlier is not item:
+            raise InvalidArgumentError(f"SRC: {earlier.exemplar} and {item.exemplar} would both be written to "
+                                       f"{item.output}; rename one of them")
+    return items
 
 
 def split_items(items: list[WorkItem], rank: int, world_size: int) -> list[WorkItem]:
@@ -249,7 +261,7 @@ def batch(
     stopping_callbacks(module_options.get("stop_when_stalled"), module_options.get("max_copy_score"))
     if module_options.get("matmul_precision") is not None:
         MatmulPrecision(module_options["matmul_precision"])
-    find_exemplars(source, exclude=out)  # fail before launching processes
+    work_items(find_exemplars(source, exclude=out), variations)  # fail before launching processes
     if all(module_options.get(key) is None for key in ("preset", "backbone", "weights")):
         module_options["preset"] = default_preset_name()  # decided (and reported) once, not per item
     # bad coarse steps, layers or starts (several without a coarse stage) fail here, not once per item
@@ -267,7 +279,9 @@ def batch(
     with lightning_settings(accelerator, devices, precision):
         fabric = Fabric(accelerator=accelerator, devices=devices, num_nodes=num_nodes,
                         strategy=_strategy(strategy, devices, num_nodes), precision=precision)
-    require_writable_folder(out / MANIFEST_NAME, f"OUT {out}")  # last: a bad option leaves no folder behind
+    if logdir:
+        require_writable_folder_itself(logdir, "logdir")  # else every item fails on it
+    require_writable_folder(out / MANIFEST_NAME, f"OUT {out}")  # last: a bad option leaves no OUT behind
     return fabric.launch(_run_rank, job)
 
 

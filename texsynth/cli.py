@@ -252,7 +252,7 @@ def _synthesize(args: argparse.Namespace) -> int:
     if Path(args.exemplar).exists() and output.resolve() == Path(args.exemplar).resolve():
         raise InvalidArgumentError(f"--output {output} is the exemplar itself; refusing to overwrite it")
     if output.is_dir():
-        raise InvalidArgumentError(f"--output {output} is a directory; give a file name")
+        raise InvalidArgumentError(f"--output {output} is a folder, not a file name")
     trainer = {"accelerator": args.accelerator, "precision": args.precision}
     checkpoint = Path(args.checkpoint) if args.checkpoint else output.with_suffix(".ckpt")
     checkpoint_before = _modified(checkpoint)
@@ -370,7 +370,8 @@ def _prepare(args: argparse.Namespace) -> int:
     from texsynth.prepare import prepare_folder
 
     written, skipped = prepare_folder(args.source, args.destination, args.size)
-    print(f"wrote {written} image(s) to {args.destination}; skipped {skipped} unreadable file(s)")
+    why = " (see the warnings above)" if skipped else ""
+    print(f"wrote {written} image(s) to {args.destination}; skipped {skipped} file(s){why}")
     return 0
 
 

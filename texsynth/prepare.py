@@ -21,7 +21,7 @@ SKIPPED_NAMES = {".DS_Store", "Thumbs.db"}
 
 def prepare_folder(source: str | os.PathLike, destination: str | os.PathLike, size: int = 256,
                    progress: bool = True) -> tuple[int, int]:
-    """Returns (images written, files skipped)."""
+    """Returns (images written, files skipped: unreadable, or a second image for one PNG name)."""
     source, destination = Path(source), Path(destination)
     if not source.is_dir():
         raise InvalidArgumentError(f"{source}: not a folder")
@@ -34,14 +34,24 @@ def prepare_folder(source: str | os.PathLike, destination: str | os.PathLike, si
     files = sorted(p for p in source.rglob("*") if p.is_file() and p.name not in SKIPPED_NAMES
                    and destination.resolve() not in p.resolve().parents)
     written = skipped = 0
+    written_from: dict[str, Path] = {}  # a.jpg and a.png both become a.png: the first one wins
     for path in tqdm(files, desc="prepare", unit="img", disable=not progress, file=sys.stderr):
+        target = destination / path.relative_to(source).with_suffix(".png")
         try:
             image = load_image(path, name=str(path))
         except ImageLoadError as error:
-            tqdm.write(f"texsynth: warning: skipping {error}", file=sys.stderr)
+            _skip(str(error))
             skipped += 1
             continue
-        target = destination / path.relative_to(source).with_suffix(".png")
+        earlier = written_from.setdefault(str(target).casefold(), path)  # case-folded, as macOS compares
+        if earlier != path:
+            _skip(f"{path}: {target} was already written from {earlier.name}; rename one of them")
+            skipped += 1
+            continue
         save_image(center_crop_resize(image, (size, size)), target)
         written += 1
     return written, skipped
+
+
+def _skip(reason: str) -> None:
+    tqdm.write(f"texsynth: warning: skipping {reason}", file=sys.stderr)

@@ -18,6 +18,7 @@ from texsynth.allocator import keep_freed_memory_policy
 from texsynth.callbacks import DeterministicOnGPU, KeepFreedMemory, MatmulPrecision, TensorBoardImages
 from texsynth.checkpointing import AtomicCheckpointIO
 from texsynth.errors import InvalidArgumentError, require_count
+from texsynth.image_io import require_writable_folder_itself
 
 DEFAULT_LOGDIR = "texsynth_logs"
 
@@ -67,7 +68,10 @@ def make_trainer(
         extra.append(KeepFreedMemory())
     if deterministic_on_gpu:
         extra.append(DeterministicOnGPU())
+    if logdir is True:
+        logdir = DEFAULT_LOGDIR
     if logdir:
+        require_writable_folder_itself(logdir, "logdir")  # else TensorBoard fails at its first write
         logger = TensorBoardLogger(save_dir=str(Path(logdir)), name=run_name, default_hp_metric=False)
         extra.append(TensorBoardImages(log_images_every))
     for pattern in _IRRELEVANT_WARNINGS:
