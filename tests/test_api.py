@@ -57,6 +57,17 @@ def test_seed_compatible_class_end_to_end(exemplar, tmp_path):
             assert image.size == (32, 32) and image.mode == "RGB"
 
 
+def test_seed_compatible_class_names_num_epochs_and_keeps_the_image(exemplar):
+    synth = TextureSynthesisCNN(exemplar, preset=None, progress_bar=False, seed=0, **TINY_BACKBONE)
+    before = synth.output_image.clone()
+    for bad in (0, -3, 2.5):
+        with pytest.raises(InvalidArgumentError, match=r"num_epochs must be a positive integer"):
+            synth.synthesize_texture(num_epochs=bad)
+        with pytest.raises(InvalidArgumentError, match=r"num_epochs must be a positive integer"):
+            synth.optimize(num_epochs=bad)
+    assert torch.equal(synth.output_image, before)  # a refused call does not draw new noise
+
+
 def test_seed_compatible_class_defaults_to_the_reference_recipe(no_network, torch_home):
     from texsynth.errors import WeightsUnavailableError
 
@@ -84,9 +95,23 @@ def test_no_output_overwrites_the_exemplar_file(exemplar, tmp_path):
     assert [p.name for p in several.save(tmp_path / "other.png")] == ["other_0.png", "other_1.png"]
 
 
+def test_a_checkpoint_is_kept_apart_from_the_exemplar_and_the_image(exemplar, tmp_path):
+    path = tmp_path / "wall.png"
+    save_image(exemplar, path)
+    original = path.read_bytes()
+    options = dict(steps=1, size=16, seed=0, coarse_levels=0, checkpoint_every=1, **TINY_BACKBONE)
+    with pytest.raises(InvalidArgumentError, match="checkpoint .*wall.png is the exemplar itself"):
+        synthesize(str(path), checkpoint=path, **options)
+    assert path.read_bytes() == original
+    with pytest.raises(InvalidArgumentError, match="checkpoint .*out_1.png is also the image output"):
+        synthesize(str(path), checkpoint=tmp_path / "out_1.png", image_path=tmp_path / "out.png",
+                   variations=2, **options)
+    assert list(tmp_path.iterdir()) == [path]  # refused before the run: nothing written
+
+
 @pytest.mark.parametrize("kwargs, message", [
-    ({"checkpoint_every": -1}, "checkpoint_every must be an integer >= 0, got -1"),
-    ({"checkpoint_every": 1.5}, "checkpoint_every must be an integer >= 0, got 1.5"),
+    ({"checkpoint_every": -1}, "checkpoint_every must be a non-negative integer, got -1"),
+    ({"checkpoint_every": 1.5}, "checkpoint_every must be a non-negative integer, got 1.5"),
     ({"log_images_every": 0}, "log_images_every must be a positive integer, got 0"),
     ({"checkpoint": "FOLDER"}, "is a folder, not a file name"),
     ({"image_path": "FOLDER"}, "is a folder, not a file name"),

@@ -15,8 +15,9 @@ import torch
 
 from texsynth.callbacks import stopping_callbacks
 from texsynth.checkpointing import SaveAndInterrupt, check_resumable
-from texsynth.errors import CheckpointError, require_count, torch_load_failure
-from texsynth.image_io import ImageSource, output_format, require_writable_folder, save_image, to_pil
+from texsynth.errors import CheckpointError, InvalidArgumentError, require_count, torch_load_failure
+from texsynth.image_io import (ImageSource, output_format, require_writable_folder, require_writable_folder_itself,
+                               save_image, to_pil)
 from texsynth.memory import check_memory
 from texsynth.module import TextureSynthesis
 from texsynth.multiscale import (CoarseSchedule, coarse_to_fine_start, require_coarse_layers, require_coarse_starts,
@@ -170,9 +171,13 @@ def synthesize(
     if image_path is not None:
         output_format(image_path)  # a suffix no image can be written under fails now, not after the run
         module.output_paths(image_path)  # ... and so does the exemplar's own file
+    if checkpoint is not None:
+        _require_checkpoint_apart(module, checkpoint, image_path)
     for path in (image_path, checkpoint):
         if path is not None:
             require_writable_folder(path, str(path))
+    if logdir and logdir is not True:  # before the coarse stages, not when the full size's Trainer starts
+        require_writable_folder_itself(logdir, "logdir")
     device = planned_device(accelerator, devices)
     if coarse.levels and resume is None and device is not None:
         # the full size needs the most memory: refuse it before its coarse stages run, not after
@@ -201,6 +206,18 @@ def synthesize(
         image=module.output(), losses=final, steps=module.num_steps, evals=module.num_evals,
         seconds=seconds, module=module, log_dir=log_dir, coarse=coarse,
     )
+
+
+def _require_checkpoint_apart(module: TextureSynthesis, checkpoint: str | os.PathLike,
+                              image_path: str | os.PathLike | None) -> None:
+    """A checkpoint saved onto the exemplar destroys an input; onto the image output, it is
+    overwritten by the image saved right after it, and the run cannot be resumed."""
+    target = Path(checkpoint).resolve()
+    if module.exemplar_file is not None and target == module.exemplar_file:
+        raise InvalidArgumentError(f"checkpoint {checkpoint} is the exemplar itself; refusing to overwrite it")
+    images = module.output_paths(image_path) if image_path is not None else []
+    if any(target == image.resolve() for image in images):
+        raise InvalidArgumentError(f"checkpoint {checkpoint} is also the image output; give them different names")
 
 
 class TextureSynthesisCNN:
@@ -243,11 +260,13 @@ class TextureSynthesisCNN:
 
     def synthesize_texture(self, num_epochs: int = 250, display_when_done: bool = False) -> torch.Tensor:
         """Start from new noise and optimize for ``num_epochs`` L-BFGS steps."""
+        require_count(num_epochs, "num_epochs")  # before the current image is thrown away
         self.module.reset_image()
         return self.optimize(num_epochs, display_when_done=display_when_done)
 
     def optimize(self, num_epochs: int = 250, display_when_done: bool = False) -> torch.Tensor:
         """Continue optimizing the current image, keeping the L-BFGS state."""
+        require_count(num_epochs, "num_epochs")  # named as the caller wrote it, not fit's "steps"
         fit(self.module, num_epochs, logdir=self.logdir, progress_bar=self.progress_bar,
             quiet=True, **self.trainer_options)
         if display_when_done:

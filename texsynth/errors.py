@@ -44,7 +44,7 @@ def require_count(value: object, name: str, minimum: int = 1) -> int:
     """``value`` as an int of at least ``minimum`` (a count of steps, stages, …), else a
     one-line error naming ``name``: floats and bools are refused, not truncated."""
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        kind = {0: "a non-negative integer", 1: "a positive integer"}.get(minimum, f"an integer >= {minimum}")
         raise InvalidArgumentError(f"{name} must be {kind}, got {value!r}")
     return value
 

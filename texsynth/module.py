@@ -150,9 +150,9 @@ class TextureSynthesis(L.LightningModule):
             height, width = self.output_size
             self.lbfgs_options["history_size"] = bounded_history(
                 self.lbfgs_options["history_size"], variations * 3 * height * width, size_label(self.output_size, variations))
-        self.seed = seed if seed is not None else random.SystemRandom().randrange(2**31)
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
-            raise InvalidArgumentError(f"seed must be a non-negative integer, got {seed!r}")
+        if seed is None:  # drawn, and recorded in hparams so the run can be repeated
+            seed = random.SystemRandom().randrange(2**31)
+        self.seed = require_count(seed, "seed", minimum=0)
         self._generator = torch.Generator().manual_seed(self.seed)
 
         self.register_buffer("exemplar", exemplar_tensor, persistent=False)

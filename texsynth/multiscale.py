@@ -152,8 +152,7 @@ def coarse_to_fine_start(
     """
     from texsynth.module import TextureSynthesis
 
-    if not isinstance(levels, int) or isinstance(levels, bool) or levels < 0:
-        raise InvalidArgumentError(f"coarse levels must be a non-negative integer, got {levels!r}")
+    require_count(levels, "coarse levels", minimum=0)
     require_coarse_layers(layers)
     require_coarse_starts(starts)
     options = {k: v for k, v in module_options.items() if k not in ("size", "exemplar_size", "init", "seed")}
