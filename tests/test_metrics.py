@@ -116,3 +116,19 @@ def test_metrics_name_what_they_cannot_measure():
         lbp_distance(torch.rand(3, 16, 16), torch.rand(3, 8, 8))
     assert torch.isfinite(lbp_distance(torch.rand(3, 9, 9), torch.rand(3, 9, 9)))
     assert torch.isfinite(lbp_distance(torch.rand(3, 8, 8), torch.rand(3, 8, 8), radii=(1, 2)))
+
+
+def test_metric_inputs_are_read_as_images_do_not_give_silent_garbage(images):
+    """uint8 images were measured as 0-255 floats (patch SWD in the hundreds) and NaN came back
+    as NaN; now uint8 is scaled as texsynth.load_image scales it, and the rest is refused."""
+    from texsynth.errors import InvalidArgumentError
+
+    sample, exemplar = images["sample"], images["exemplar"]
+    as_bytes = (sample * 255).round().to(torch.uint8)
+    for metric in (patch_swd, color_distance, copy_score):
+        torch.testing.assert_close(metric(as_bytes, exemplar), metric(as_bytes.float() / 255, exemplar))
+    assert patch_swd(as_bytes, exemplar) < 2 * patch_swd(sample, exemplar)
+    with pytest.raises(InvalidArgumentError, match="`preds` contains NaN or Inf"):
+        texture_metrics(sample * float("nan"), exemplar)
+    with pytest.raises(InvalidArgumentError, match=r"`target` values must lie in \[0, 1\] \(or be uint8, 0-255\)"):
+        color_distance(sample, exemplar * 255)

@@ -125,18 +125,24 @@ def _tensor_to_batch(tensor: torch.Tensor, name: str) -> torch.Tensor:
         raise InvalidArgumentError(
             f"{name} tensor must have shape (3, H, W) or (1, 3, H, W), got {tuple(tensor.shape)}"
         )
+    tensor = unit_range(tensor, f"{name} tensor")
+    return tensor.expand(1, 3, *tensor.shape[-2:]).clone()
+
+
+def unit_range(tensor: torch.Tensor, name: str) -> torch.Tensor:
+    """``tensor`` as float32 in [0, 1]: uint8 is scaled from 0-255; NaN, Inf and values far
+    outside [0, 1] (0-255 floats, [-1, 1] normalization) are refused, slight overshoot clamped."""
     if tensor.dtype == torch.uint8:
         tensor = tensor.float() / 255.0
     tensor = tensor.detach().float()
     if not torch.isfinite(tensor).all():
-        raise InvalidArgumentError(f"{name} tensor contains NaN or Inf values")
+        raise InvalidArgumentError(f"{name} contains NaN or Inf values")
     low, high = float(tensor.min()), float(tensor.max())
     if low < -RANGE_TOLERANCE or high > 1 + RANGE_TOLERANCE:  # e.g. a float array of 0-255 values
         raise InvalidArgumentError(
-            f"{name} tensor values must lie in [0, 1] (or be uint8, 0-255), got values from {low:g} to {high:g}"
+            f"{name} values must lie in [0, 1] (or be uint8, 0-255), got values from {low:g} to {high:g}"
         )
-    tensor = tensor.clamp(0.0, 1.0)
-    return tensor.expand(1, 3, *tensor.shape[-2:]).clone()
+    return tensor.clamp(0.0, 1.0)
 
 
 def center_crop_resize(image: torch.Tensor, size: Size) -> torch.Tensor:

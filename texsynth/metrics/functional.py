@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from texsynth.errors import InvalidArgumentError
+from texsynth.image_io import unit_range
 from texsynth.losses.spectrum import luminance, opponent_channels
 
 _BINOMIAL = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0]) / 16.0
@@ -41,7 +42,7 @@ def _as_batch(image: torch.Tensor, name: str) -> torch.Tensor:
         raise InvalidArgumentError(
             f"expected `{name}` to be one RGB image (3, H, W) or (1, 3, H, W), got {tuple(image.shape)}"
         )
-    return image.detach().float()
+    return unit_range(image, f"`{name}`")
 
 
 def _blur(image: torch.Tensor) -> torch.Tensor:
