@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -67,6 +68,20 @@ def test_resume_in_python_reaches_the_same_image(exemplar, tmp_path):
     assert second.num_steps == 5 and len(second.loss_history) == 5
     assert second.loss_history[:2] == first.loss_history
     assert torch.equal(second.image.detach(), straight.image.detach())
+
+
+def test_resuming_a_checkpoint_that_has_the_steps_already_says_so(exemplar, tmp_path, caplog):
+    checkpoint = tmp_path / "run.ckpt"
+    first = TextureSynthesis(exemplar, **TINY_BACKBONE, seed=2, lbfgs={"max_iter": 3})
+    fit(first, 3, logdir=False, progress_bar=False, quiet=True, checkpoint=checkpoint, checkpoint_every=3)
+    again = TextureSynthesis(exemplar, **TINY_BACKBONE, seed=2, lbfgs={"max_iter": 3})
+    logging.getLogger("texsynth").addHandler(caplog.handler)  # texsynth's logger does not propagate
+    try:
+        fit(again, 2, logdir=False, progress_bar=False, quiet=True, resume=checkpoint)
+    finally:
+        logging.getLogger("texsynth").removeHandler(caplog.handler)
+    assert "run.ckpt has done 3 steps already, not fewer than the 2 asked for" in caplog.text
+    assert again.num_steps == 3 and torch.equal(again.image.detach(), first.image.detach())
 
 
 def test_a_checkpoint_of_other_settings_is_refused(exemplar, tmp_path):

@@ -13,6 +13,7 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
+from texsynth._logging import log
 from texsynth.callbacks import stopping_callbacks
 from texsynth.checkpointing import SaveAndInterrupt, check_resumable
 from texsynth.errors import CheckpointError, InvalidArgumentError, require_count, torch_load_failure
@@ -90,7 +91,10 @@ def fit(
     saver = SaveAndInterrupt(checkpoint, image_path, checkpoint_every)
     callbacks = [*trainer_options.pop("callbacks", ()), saver]
     if resume is not None:
-        check_resumable(resume)
+        done = check_resumable(resume)
+        if done >= steps:  # Lightning would end at once, silently
+            log.warning("resume %s has done %d steps already, not fewer than the %d asked for: no step runs",
+                        resume, done, steps)
     with quiet_lightning(quiet):
         trainer = make_trainer(steps, logdir=logdir, run_name=module.exemplar_name, callbacks=callbacks,
                                **trainer_options)

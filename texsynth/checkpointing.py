@@ -27,10 +27,11 @@ from texsynth.errors import CheckpointError, require_count, torch_load_failure
 from texsynth.image_io import atomic_write, save_image
 
 
-def check_resumable(path: str | os.PathLike) -> None:
+def check_resumable(path: str | os.PathLike) -> int:
     """Refuse, in one line, a ``resume`` file that is missing or not a texsynth checkpoint,
     before Lightning loads it (whose errors for such files are tracebacks or torch's
-    multi-line advice). Memory-mapped, so even a large L-BFGS history costs nothing to open."""
+    multi-line advice). Memory-mapped, so even a large L-BFGS history costs nothing to open.
+    Returns the number of steps the checkpoint has done."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"--resume {path}: no such checkpoint file")
@@ -43,6 +44,7 @@ def check_resumable(path: str | os.PathLike) -> None:
             f"--resume {path}: not a usable texsynth checkpoint ({torch_load_failure(error)})") from None
     if not isinstance(checkpoint, dict) or "texsynth" not in checkpoint or "state_dict" not in checkpoint:
         raise CheckpointError(f"--resume {path}: a torch file, but not a texsynth checkpoint (no 'texsynth' entry)")
+    return int(checkpoint.get("global_step", 0))
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
