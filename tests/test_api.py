@@ -115,6 +115,10 @@ def test_a_checkpoint_is_kept_apart_from_the_exemplar_and_the_image(exemplar, tm
     ({"log_images_every": 0}, "log_images_every must be a positive integer, got 0"),
     ({"checkpoint": "FOLDER"}, "is a folder, not a file name"),
     ({"image_path": "FOLDER"}, "is a folder, not a file name"),
+    ({"devices": 2}, "devices 2: one synthesis runs on exactly one device"),
+    ({"devices": [0, 1]}, r"devices \[0, 1\]: one synthesis runs on exactly one device"),
+    ({"devices": "0,1"}, "devices '0,1': one synthesis"),
+    ({"logdir": "FILE"}, "logdir: .* is a file, not a folder"),
 ])
 def test_bad_run_options_fail_before_the_coarse_stages(exemplar, tmp_path, monkeypatch, kwargs, message):
     import texsynth.api
@@ -123,6 +127,21 @@ def test_bad_run_options_fail_before_the_coarse_stages(exemplar, tmp_path, monke
         raise AssertionError("a coarse stage ran before the bad option was refused")
 
     monkeypatch.setattr(texsynth.api, "coarse_to_fine_start", no_stage)
-    kwargs = {key: (tmp_path if value == "FOLDER" else value) for key, value in kwargs.items()}
+    (tmp_path / "a_file").write_text("in the way")
+    paths = {"FOLDER": tmp_path, "FILE": tmp_path / "a_file"}
+    kwargs = {key: paths.get(value, value) if isinstance(value, str) else value for key, value in kwargs.items()}
     with pytest.raises(TexsynthError, match=message):
         synthesize(exemplar, steps=1, size=16, coarse_levels=1, **kwargs, **TINY_BACKBONE)
+
+
+def test_one_synthesis_runs_on_one_device_and_auto_means_one(exemplar):
+    """devices=2 used to start DDP: the calling script ran again in a second process, and both
+    processes optimized the same image."""
+    from texsynth.trainer import make_trainer
+
+    assert make_trainer(1, logdir=False, accelerator="cpu", devices="auto", progress_bar=False).num_devices == 1
+    result = synthesize(exemplar, steps=1, size=16, seed=0, coarse_levels=0, devices="auto", accelerator="cpu",
+                        **TINY_BACKBONE)
+    assert result.image.shape == (3, 16, 16)
+    with pytest.raises(TexsynthError, match=r"accelerator 'cpu' with devices \[0\]: .*CPUAccelerator"):
+        make_trainer(1, logdir=False, accelerator="cpu", devices=[0])  # Lightning's TypeError, in one line

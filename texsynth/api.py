@@ -24,7 +24,7 @@ from texsynth.module import TextureSynthesis
 from texsynth.multiscale import (CoarseSchedule, coarse_to_fine_start, require_coarse_layers, require_coarse_starts,
                                  require_coarse_steps)
 from texsynth.presets import DEFAULT_STEPS
-from texsynth.trainer import DEFAULT_LOGDIR, make_trainer, planned_device
+from texsynth.trainer import DEFAULT_LOGDIR, make_trainer, one_device, planned_device
 
 _LIGHTNING_LOGGERS = ("lightning.pytorch", "lightning.fabric", "lightning")
 
@@ -161,7 +161,8 @@ def synthesize(
     ``logdir`` is given. ``seconds`` in the result counts every stage. On a GPU the run uses
     deterministic kernels, so a seed gives the same image every time;
     ``deterministic_on_gpu=False`` trades that for up to 1.8x cheaper evaluations
-    (:class:`~texsynth.callbacks.DeterministicOnGPU`).
+    (:class:`~texsynth.callbacks.DeterministicOnGPU`). The run uses one device (``devices=[k]``
+    picks it); :func:`texsynth.batch` spreads many images over many devices.
     """
     callbacks = [*callbacks, *stopping_callbacks(stop_when_stalled, max_copy_score)]
     require_coarse_steps(coarse_steps)
@@ -182,6 +183,7 @@ def synthesize(
             require_writable_folder(path, str(path))
     if logdir and logdir is not True:  # before the coarse stages, not when the full size's Trainer starts
         require_writable_folder_itself(logdir, "logdir")
+    devices = one_device(devices)
     device = planned_device(accelerator, devices)
     if coarse.levels and resume is None and device is not None:
         # the full size needs the most memory: refuse it before its coarse stages run, not after

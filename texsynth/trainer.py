@@ -62,6 +62,7 @@ def make_trainer(
     """
     require_count(steps, "steps")
     require_count(log_images_every, "log_images_every")
+    devices = one_device(devices)
     logger: TensorBoardLogger | bool = False
     extra: list[L.Callback] = [] if matmul_precision is None else [MatmulPrecision(matmul_precision)]
     if keep_freed_memory_policy() != "never":
@@ -95,6 +96,25 @@ def make_trainer(
         )
 
 
+def one_device(devices: Any) -> Any:
+    """``devices`` if it names one device (``"auto"`` becomes 1), else a one-line refusal.
+
+    One synthesis is one optimization of one image: on several devices Lightning's DDP would
+    start the calling script again per device and each would run all of it. Many images are
+    spread over devices by :func:`texsynth.batch`.
+    """
+    if devices == "auto":  # Lightning's "auto" takes every GPU
+        return 1
+    single = (devices == 1 or (isinstance(devices, str) and devices.strip() == "1")
+              or (isinstance(devices, (list, tuple)) and len(devices) == 1)
+              or (isinstance(devices, str) and devices.strip().rstrip(",").isdigit() and devices.strip().endswith(",")))
+    if not single:
+        raise InvalidArgumentError(
+            f"devices {devices!r}: one synthesis runs on exactly one device (on several, each would run all of it); "
+            f"pick one with devices=[k], or spread many images over devices with texsynth.batch")
+    return devices
+
+
 def planned_device(accelerator: Any, devices: Any) -> torch.device | None:
     """The one device a run with these settings will use, as far as it can be told before
     Lightning picks it. None when not known, or for several devices: their processes may be
@@ -125,7 +145,7 @@ def lightning_settings(accelerator: Any, devices: Any, precision: Any) -> Iterat
             f"use bf16-mixed or 16-mixed (the backbone in 16 bits, the image and losses in float32)")
     try:
         yield
-    except (MisconfigurationException, ValueError, RuntimeError, ImportError) as error:
+    except (MisconfigurationException, ValueError, TypeError, RuntimeError, ImportError) as error:
         message = (str(error).strip().splitlines() or [type(error).__name__])[0]
         if "precision" in message.lower():
             setting = f"precision {precision!r}"
