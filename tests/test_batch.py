@@ -153,6 +153,23 @@ def test_batch_records_every_item_keeps_going_past_a_corrupt_file_and_reruns_onl
     assert (out / "bricks.png").stat().st_mtime_ns == mtimes["bricks.png"]
 
 
+def test_a_rerun_with_other_settings_is_refused_instead_of_calling_old_results_its_own(tmp_path):
+    """A re-run into the same OUT with a new size used to report "all done" and keep the old
+    24x24 images."""
+    src, out = _source(tmp_path / "src", names=("bricks",), corrupt=False), tmp_path / "out"
+    _run(src, out)
+    manifest_before = (out / "manifest.jsonl").read_text()
+    record = Manifest(out / "manifest.jsonl").latest()[("bricks.png", 0)]
+    assert record["settings"]["size"] == [24, 24] and record["settings"]["steps"] == 1
+    assert _run(src, out, size="24").to_do == 0  # the CLI's "24" is the same size as 24
+    with pytest.raises(InvalidArgumentError, match=r"OUT .*out: holds results made with other settings "
+                                                   r"\(size \[24, 24\] -> \[32, 32\], steps 1 -> 2\)"):
+        _run(src, out, size=32, steps=2)
+    assert (out / "manifest.jsonl").read_text() == manifest_before
+    with Image.open(out / "bricks.png") as image:
+        assert image.size == (24, 24)
+
+
 def test_variations_are_separate_items_with_their_own_seeds(tmp_path):
     src, out = _source(tmp_path / "src", names=("bricks",), corrupt=False), tmp_path / "out"
     result = _run(src, out, variations=2, seed=5)

@@ -17,6 +17,7 @@ the end of its current L-BFGS step with a checkpoint, which the next run resumes
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -31,7 +32,7 @@ import torch
 from texsynth._logging import log
 from texsynth.callbacks import MatmulPrecision, stopping_callbacks
 from texsynth.errors import CheckpointError, InvalidArgumentError, TexsynthError, require_count
-from texsynth.image_io import require_writable_folder, require_writable_folder_itself
+from texsynth.image_io import parse_size, require_writable_folder, require_writable_folder_itself
 from texsynth.manifest import DONE, FAILED, INTERRUPTED, MANIFEST_NAME, Manifest
 from texsynth.multiscale import CoarseSchedule
 from texsynth.presets import DEFAULT_STEPS
@@ -42,6 +43,8 @@ from texsynth.trainer import lightning_settings
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
 #: where interrupted items keep their checkpoints, inside the output folder.
 CHECKPOINT_DIR = ".texsynth-checkpoints"
+#: options that change how an item runs, not what it is asked to make
+NOT_SHAPING = frozenset({"deterministic_on_gpu"})
 #: how long a rank that finished its share waits at the final barrier for the others.
 BARRIER_TIMEOUT = timedelta(days=2)
 
@@ -213,6 +216,18 @@ class _Job:
     checkpoint_every: int
     module_options: dict[str, Any]
 
+    @property
+    def settings(self) -> dict[str, Any]:
+        """What shapes an output, as JSON data: recorded with every item, so that a re-run with
+        other settings is not told the old outputs are its own (see :func:`require_same_settings`)."""
+        shaping = {"steps": self.steps, "seed": self.seed, "precision": self.precision, **self.module_options}
+        for key in ("size", "exemplar_size"):  # "256" (the CLI's) and 256 (Python's) are one size
+            shaping[key] = parse_size(shaping.get(key), key)
+        shaping = {key: value for key, value in shaping.items()  # unset is unset, however it was left out
+                   if value is not None and key not in NOT_SHAPING}
+        # objects (a TextureLoss instance) by type name: their repr holds an address, new every run
+        return json.loads(json.dumps(shaping, sort_keys=True, default=lambda value: type(value).__name__))
+
 
 def batch(
     source: str | os.PathLike,
@@ -282,7 +297,24 @@ def batch(
     if logdir:
         require_writable_folder_itself(logdir, "logdir")  # else every item fails on it
     require_writable_folder(out / MANIFEST_NAME, f"OUT {out}")  # last: a bad option leaves no OUT behind
+    require_same_settings(Manifest(out / MANIFEST_NAME), job.settings, out)  # ... but this one reads OUT
     return fabric.launch(_run_rank, job)
+
+
+def require_same_settings(manifest: Manifest, settings: dict[str, Any], out: Path) -> None:
+    """Refuse to call OUT's finished items done when they were made with other settings: a
+    re-run with a new ``--size`` would otherwise report "all done" and keep the old images.
+    Records written before settings were recorded are taken as they are."""
+    for record in manifest.latest().values():
+        made_with = record.get("settings")
+        if record.get("status") != DONE or made_with is None or made_with == settings:
+            continue
+        changed = sorted(key for key in {**made_with, **settings} if made_with.get(key) != settings.get(key))
+        differences = ", ".join(f"{key} {made_with.get(key)!r} -> {settings.get(key)!r}" for key in changed[:3])
+        more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+        raise InvalidArgumentError(
+            f"OUT {out}: holds results made with other settings ({differences}{more}); write to another "
+            f"folder, or delete {out / MANIFEST_NAME} to make them again")
 
 
 def _strategy(strategy: Any, devices: int | str, num_nodes: int) -> Any:
@@ -351,7 +383,7 @@ def _synthesize_item(item: WorkItem, job: _Job, device: torch.device, rank: int)
     checkpoint = job.out / CHECKPOINT_DIR / (item.output + ".ckpt")
     record: dict[str, Any] = {"exemplar": item.exemplar, "variation": item.variation, "output": item.output,
                               "status": FAILED, "seed": seed, "rank": rank, "steps": 0, "evals": 0,
-                              "seconds": 0.0, "losses": None, "error": None}
+                              "seconds": 0.0, "losses": None, "error": None, "settings": job.settings}
     start = time.time()
     options = dict(
         steps=job.steps, seed=seed, logdir=job.logdir or False, log_images_every=job.log_images_every,
