@@ -17,7 +17,7 @@ from texsynth._logging import log
 from texsynth.callbacks import stopping_callbacks
 from texsynth.checkpointing import SaveAndInterrupt, check_resumable
 from texsynth.errors import CheckpointError, InvalidArgumentError, require_count, torch_load_failure
-from texsynth.image_io import (ImageSource, output_format, require_writable_folder, require_writable_folder_itself,
+from texsynth.image_io import (ImageSource, output_format, require_folder_accepts_files, require_writable_folder,
                                save_image, to_pil)
 from texsynth.memory import check_memory
 from texsynth.module import TextureSynthesis
@@ -182,7 +182,7 @@ def synthesize(
         if path is not None:
             require_writable_folder(path, str(path))
     if logdir and logdir is not True:  # before the coarse stages, not when the full size's Trainer starts
-        require_writable_folder_itself(logdir, "logdir")
+        require_folder_accepts_files(logdir, "logdir")
     devices = one_device(devices)
     device = planned_device(accelerator, devices)
     if coarse.levels and resume is None and device is not None:

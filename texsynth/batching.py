@@ -32,7 +32,7 @@ import torch
 from texsynth._logging import log
 from texsynth.callbacks import MatmulPrecision, stopping_callbacks
 from texsynth.errors import CheckpointError, InvalidArgumentError, TexsynthError, require_count
-from texsynth.image_io import parse_size, require_writable_folder, require_writable_folder_itself
+from texsynth.image_io import parse_size, require_folder_accepts_files, require_writable_folder
 from texsynth.manifest import DONE, FAILED, INTERRUPTED, MANIFEST_NAME, Manifest
 from texsynth.multiscale import CoarseSchedule
 from texsynth.presets import DEFAULT_STEPS
@@ -295,7 +295,7 @@ def batch(
         fabric = Fabric(accelerator=accelerator, devices=devices, num_nodes=num_nodes,
                         strategy=_strategy(strategy, devices, num_nodes), precision=precision)
     if logdir:
-        require_writable_folder_itself(logdir, "logdir")  # else every item fails on it
+        require_folder_accepts_files(logdir, "logdir")  # else every item fails on it
     require_writable_folder(out / MANIFEST_NAME, f"OUT {out}")  # last: a bad option leaves no OUT behind
     require_same_settings(Manifest(out / MANIFEST_NAME), job.settings, out)  # ... but this one reads OUT
     return fabric.launch(_run_rank, job)

@@ -201,11 +201,11 @@ def require_writable_folder(path: str | os.PathLike, label: str) -> None:
     """
     if Path(path).is_dir():  # renaming a finished file onto it would fail after the run
         raise OutputWriteError(f"{label}: {path} is a folder, not a file name")
-    require_writable_folder_itself(Path(path).parent, label)
+    require_folder_accepts_files(Path(path).parent, label)
 
 
-def require_writable_folder_itself(folder: str | os.PathLike, label: str) -> None:
-    """Like :func:`require_writable_folder`, for a folder that receives files (a log folder)."""
+def require_folder_accepts_files(folder: str | os.PathLike, label: str) -> None:
+    """Fail now, not at the first write, when ``folder`` (a log folder) cannot receive files."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise OutputWriteError(f"{label}: {folder} is a file, not a folder")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -18,7 +19,7 @@ from texsynth.allocator import keep_freed_memory_policy
 from texsynth.callbacks import DeterministicOnGPU, KeepFreedMemory, MatmulPrecision, TensorBoardImages
 from texsynth.checkpointing import AtomicCheckpointIO
 from texsynth.errors import InvalidArgumentError, require_count
-from texsynth.image_io import require_writable_folder_itself
+from texsynth.image_io import require_folder_accepts_files
 
 DEFAULT_LOGDIR = "texsynth_logs"
 
@@ -72,7 +73,7 @@ def make_trainer(
     if logdir is True:
         logdir = DEFAULT_LOGDIR
     if logdir:
-        require_writable_folder_itself(logdir, "logdir")  # else TensorBoard fails at its first write
+        require_folder_accepts_files(logdir, "logdir")  # else TensorBoard fails at its first write
         logger = TensorBoardLogger(save_dir=str(Path(logdir)), name=run_name, default_hp_metric=False)
         extra.append(TensorBoardImages(log_images_every))
     for pattern in _IRRELEVANT_WARNINGS:
@@ -105,9 +106,9 @@ def one_device(devices: Any) -> Any:
     """
     if devices == "auto":  # Lightning's "auto" takes every GPU
         return 1
-    single = (devices == 1 or (isinstance(devices, str) and devices.strip() == "1")
-              or (isinstance(devices, (list, tuple)) and len(devices) == 1)
-              or (isinstance(devices, str) and devices.strip().rstrip(",").isdigit() and devices.strip().endswith(",")))
+    text = devices.strip() if isinstance(devices, str) else None
+    single = (devices == 1 or text == "1" or (isinstance(devices, (list, tuple)) and len(devices) == 1)
+              or (text is not None and re.fullmatch(r"\d+,", text) is not None))  # "2,": the device with index 2
     if not single:
         raise InvalidArgumentError(
             f"devices {devices!r}: one synthesis runs on exactly one device (on several, each would run all of it); "
