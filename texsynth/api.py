@@ -181,7 +181,9 @@ def synthesize(
     for path in (image_path, checkpoint):
         if path is not None:
             require_writable_folder(path, str(path))
-    if logdir and logdir is not True:  # before the coarse stages, not when the full size's Trainer starts
+    if logdir is True:
+        logdir = DEFAULT_LOGDIR
+    if logdir:  # before the coarse stages, not when the full size's Trainer starts
         require_folder_accepts_files(logdir, "logdir")
     devices = one_device(devices)
     device = planned_device(accelerator, devices)
@@ -218,9 +220,8 @@ def _require_checkpoint_apart(module: TextureSynthesis, checkpoint: str | os.Pat
                               image_path: str | os.PathLike | None) -> None:
     """A checkpoint saved onto the exemplar destroys an input; onto the image output, it is
     overwritten by the image saved right after it, and the run cannot be resumed."""
+    module.refuse_exemplar_file(checkpoint, label="checkpoint ")
     target = Path(checkpoint).resolve()
-    if module.exemplar_file is not None and target == module.exemplar_file:
-        raise InvalidArgumentError(f"checkpoint {checkpoint} is the exemplar itself; refusing to overwrite it")
     images = module.output_paths(image_path) if image_path is not None else []
     if any(target == image.resolve() for image in images):
         raise InvalidArgumentError(f"checkpoint {checkpoint} is also the image output; give them different names")

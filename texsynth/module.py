@@ -268,9 +268,13 @@ class TextureSynthesis(L.LightningModule):
         paths = ([path] if self.variations == 1 else
                  [path.with_name(f"{path.stem}_{index}{path.suffix}") for index in range(self.variations)])
         for target in paths:
-            if self.exemplar_file is not None and target.resolve() == self.exemplar_file:
-                raise InvalidArgumentError(f"{target} is the exemplar itself; refusing to overwrite it")
+            self.refuse_exemplar_file(target)
         return paths
+
+    def refuse_exemplar_file(self, path: str | os.PathLike, label: str = "") -> None:
+        """Any file texsynth is about to write (image, checkpoint) must not be the exemplar's."""
+        if self.exemplar_file is not None and Path(path).resolve() == self.exemplar_file:
+            raise InvalidArgumentError(f"{label}{path} is the exemplar itself; refusing to overwrite it")
 
     def save_outputs(self, path: str | os.PathLike) -> list[Path]:
         """Save the image (atomically); variations go to ``stem_0.png`` … ``stem_{K-1}.png``."""

@@ -37,18 +37,19 @@ def prepare_folder(source: str | os.PathLike, destination: str | os.PathLike, si
     written_from: dict[str, Path] = {}  # a.jpg and a.png both become a.png: the first one wins
     for path in tqdm(files, desc="prepare", unit="img", disable=not progress, file=sys.stderr):
         target = destination / path.relative_to(source).with_suffix(".png")
+        name_key = str(target).casefold()  # case-folded, as macOS compares names
+        if name_key in written_from:  # checked before decoding an image that would not be written
+            _skip(f"{path}: {target} was already written from {written_from[name_key].name}; rename one of them")
+            skipped += 1
+            continue
         try:
             image = load_image(path, name=str(path))
         except ImageLoadError as error:
             _skip(str(error))
             skipped += 1
             continue
-        earlier = written_from.setdefault(str(target).casefold(), path)  # case-folded, as macOS compares
-        if earlier != path:
-            _skip(f"{path}: {target} was already written from {earlier.name}; rename one of them")
-            skipped += 1
-            continue
         save_image(center_crop_resize(image, (size, size)), target)
+        written_from[name_key] = path
         written += 1
     return written, skipped
 
