@@ -17,6 +17,21 @@ def test_synthesize_one_call(exemplar):
     assert set(result.losses) == {"gram", "chroma_spectrum", "total"}
 
 
+@pytest.mark.parametrize("option, hint", [
+    ("max_iter", "L-BFGS settings go in lbfgs={'max_iter': ...}"),
+    ("exemplar_sise", "did you mean 'exemplar_size'?"),
+    ("zzz", "options: accelerator, backbone"),
+])
+def test_an_unknown_option_names_synthesize_and_a_fix(exemplar, option, hint):
+    """It used to be TextureSynthesis.__init__'s TypeError, about a class the caller never called."""
+    from texsynth.errors import UnknownOptionError
+
+    with pytest.raises(UnknownOptionError) as caught:
+        synthesize(exemplar, steps=1, **{option: 2})
+    assert isinstance(caught.value, TypeError) and isinstance(caught.value, TexsynthError)  # the CLI's one line
+    assert str(caught.value).startswith(f"synthesize() got an unknown option {option!r}; {hint}")
+
+
 @pytest.mark.parametrize("dtype", ["uint8", "float32"])
 def test_synthesize_from_a_numpy_array(exemplar, dtype):
     """A (H, W, 3) array is an exemplar like any other (Lightning's hyper-parameter capture once

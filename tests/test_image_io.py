@@ -189,3 +189,13 @@ def test_outputs_get_the_usual_file_mode_not_the_temporary_files(tmp_path):
     finally:
         os.umask(mask)
     assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_an_array_read_from_a_pil_image_loads_without_a_warning(recwarn):
+    """np.asarray(PIL image) is read-only; torch warned about it on every load."""
+    array = np.asarray(Image.fromarray(_gradient(width=6, height=4)))
+    assert not array.flags.writeable
+    loaded = load_image(array)
+    assert loaded.shape == (1, 3, 4, 6)
+    assert torch.allclose(loaded[0].permute(1, 2, 0), torch.from_numpy(array.copy()).float() / 255)
+    assert not [w for w in recwarn if "not writable" in str(w.message)]

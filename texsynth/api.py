@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import pickle
@@ -16,17 +17,33 @@ import torch
 from texsynth._logging import log
 from texsynth.callbacks import stopping_callbacks
 from texsynth.checkpointing import SaveAndInterrupt, check_resumable
-from texsynth.errors import CheckpointError, InvalidArgumentError, require_count, torch_load_failure
+from texsynth.errors import (CheckpointError, InvalidArgumentError, require_count, require_known_options,
+                             torch_load_failure)
 from texsynth.image_io import (ImageSource, output_format, require_folder_accepts_files, require_writable_folder,
                                save_image, to_pil)
 from texsynth.memory import check_memory
 from texsynth.module import TextureSynthesis
 from texsynth.multiscale import (CoarseSchedule, coarse_to_fine_start, require_coarse_layers, require_coarse_starts,
                                  require_coarse_steps)
-from texsynth.presets import DEFAULT_STEPS
+from texsynth.presets import DEFAULT_STEPS, LBFGS_DEFAULTS
 from texsynth.trainer import DEFAULT_LOGDIR, make_trainer, one_device, planned_device
 
 _LIGHTNING_LOGGERS = ("lightning.pytorch", "lightning.fabric", "lightning")
+#: options of ``synthesize`` that ``batch`` sets for every item itself
+BATCH_SETS = ("progress_bar", "quiet", "checkpoint", "resume", "image_path")
+
+
+def require_synthesis_options(options: dict[str, Any], caller: str, batch: bool = False) -> None:
+    """Refuse an option that :class:`TextureSynthesis` (and, for ``batch``, ``synthesize``)
+    does not take, naming ``caller``: an L-BFGS setting given on its own (``max_iter=5``)
+    is the usual slip."""
+    accepted = {*inspect.signature(TextureSynthesis.__init__).parameters, *inspect.signature(synthesize).parameters}
+    accepted -= {"self", "exemplar", "module_options"}
+    hints = {key: f"L-BFGS settings go in lbfgs={{{key!r}: ...}}" for key in (*LBFGS_DEFAULTS, "max_eval")}
+    if batch:
+        accepted -= set(BATCH_SETS)
+        hints.update({key: "batch() sets it for every item" for key in BATCH_SETS})
+    require_known_options(options, accepted, caller, hints)
 
 
 @dataclass
@@ -164,6 +181,7 @@ def synthesize(
     (:class:`~texsynth.callbacks.DeterministicOnGPU`). The run uses one device (``devices=[k]``
     picks it); :func:`texsynth.batch` spreads many images over many devices.
     """
+    require_synthesis_options(module_options, "synthesize")
     callbacks = [*callbacks, *stopping_callbacks(stop_when_stalled, max_copy_score)]
     require_coarse_steps(coarse_steps)
     require_count(checkpoint_every, "checkpoint_every", minimum=0)  # before the coarse stages run

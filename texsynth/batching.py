@@ -259,7 +259,10 @@ def batch(
     """
     from lightning.fabric import Fabric
 
+    from texsynth.api import require_synthesis_options
+
     source, out = Path(source), Path(out)
+    require_synthesis_options(module_options, "batch", batch=True)
     # checked here, not per item: a bad count would fail every item, each after loading its exemplar
     for name, value in (("variations", variations), ("steps", steps), ("num_nodes", num_nodes),
                         ("log_images_every", log_images_every)):

@@ -6,7 +6,9 @@ message must name the offending input and say what is wrong with it.
 
 from __future__ import annotations
 
+import difflib
 import pickle
+from typing import Collection, Mapping
 
 
 class TexsynthError(Exception):
@@ -38,6 +40,26 @@ class UnknownNameError(InvalidArgumentError, KeyError):
 
 class OutputWriteError(TexsynthError, OSError):
     """A result could not be written (read-only or full disk, bad path)."""
+
+
+class UnknownOptionError(InvalidArgumentError, TypeError):
+    """A keyword option nothing takes: a TypeError, as Python's own, and one line on the CLI."""
+
+
+def require_known_options(options: Collection[str], accepted: Collection[str], caller: str,
+                          hints: Mapping[str, str] | None = None) -> None:
+    """Refuse an option name ``caller`` would pass on to a function that does not take it:
+    with a hint (``hints``) or the closest accepted names, instead of a TypeError about an
+    inner function the caller never called (or, in a batch, one such failure per item)."""
+    unknown = sorted(set(options) - set(accepted))
+    if not unknown:
+        return
+    name = unknown[0]
+    hint = (hints or {}).get(name)
+    if hint is None:
+        close = difflib.get_close_matches(name, sorted(accepted), n=3)
+        hint = f"did you mean {' or '.join(map(repr, close))}?" if close else f"options: {', '.join(sorted(accepted))}"
+    raise UnknownOptionError(f"{caller}() got an unknown option {name!r}; {hint}")
 
 
 def require_count(value: object, name: str, minimum: int = 1) -> int:

@@ -65,7 +65,8 @@ def load_image(source: ImageSource, name: str = "exemplar") -> torch.Tensor:
     if isinstance(source, torch.Tensor):
         return _tensor_to_batch(source, name)
     if isinstance(source, np.ndarray):
-        return _tensor_to_batch(torch.from_numpy(np.ascontiguousarray(source)), name)
+        array = source if source.flags.writeable else source.copy()  # np.asarray(PIL image) is read-only
+        return _tensor_to_batch(torch.from_numpy(np.ascontiguousarray(array)), name)
     if isinstance(source, Image.Image):
         return _pil_to_tensor(source)
     if isinstance(source, (str, os.PathLike)):
