@@ -34,7 +34,15 @@ def test_a_written_config_reproduces_the_run(tmp_path, capsys):
     "content, message",
     [("steps: 2\nbogus: 1\n", "unknown key(s) bogus"), ("- a\n- b\n", "expected a mapping"), ("a: [b\n", "not a readable YAML"),
      # argparse converts a file's strings as if typed, and blamed "argument --steps"
-     ("steps: two\n", "run.yaml: steps: 'two' is not a valid int")],
+     ("steps: two\n", "run.yaml: steps: 'two' is not a valid int"),
+     # YAML types the command line has not: each was a traceback deep in the run
+     ("lbfgs: 3\n", "run.yaml: lbfgs: must be a mapping, got 3"),
+     ("lbfgs: [1]\n", "run.yaml: lbfgs: must be a mapping, got [1]"),
+     ("imports: 3\n", "run.yaml: imports: must be a module name or a list of them, got 3"),
+     ("logdir: [a, b]\n", "run.yaml: logdir: must be a single value"),
+     ("no_log: 3\n", "run.yaml: no_log: must be true or false, got 3"),
+     # a single name was read letter by letter: "--import n"
+     ("imports: nosuchmodule\n", "--import nosuchmodule: ModuleNotFoundError")],
 )
 def test_bad_config_files_are_one_line_errors(tmp_path, capsys, content, message):
     path = tmp_path / "run.yaml"
@@ -42,6 +50,17 @@ def test_bad_config_files_are_one_line_errors(tmp_path, capsys, content, message
     assert main(["synthesize", "weave", "-o", str(tmp_path / "x.png"), "--config", str(path)]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_config_scalars_are_read_as_the_command_line_would(tmp_path, monkeypatch):
+    """``logdir: 5`` is the folder "5" (it was a TypeError), and a size may be a number."""
+    path = tmp_path / "run.yaml"
+    path.write_text("logdir: 7\nsize: 16\nexemplar_size: 32\nsteps: 1\nlbfgs: {max_iter: 2}\nbackbone: random_pyramid\n")
+    output = tmp_path / "x.png"
+    monkeypatch.chdir(tmp_path)
+    assert main(["synthesize", "weave", "-o", str(output), "--config", str(path), "--no-progress"]) == 0
+    assert Image.open(output).size == (16, 16)
+    assert any((tmp_path / "7").rglob("events.out.tfevents.*"))
 
 
 def test_prepare_crops_resizes_and_skips_unreadable_files(tmp_path, capsys):

@@ -174,18 +174,54 @@ def _apply_config(parser: argparse.ArgumentParser, argv: Sequence[str] | None, c
     config = read_config(path)
     run = parser.command_parsers[command]  # type: ignore[attr-defined]
     actions = {action.dest: action for action in run._actions}
-    for key, value in config.items():
-        convert = getattr(actions.get(key), "type", None)
-        if isinstance(value, str) and callable(convert):  # argparse would blame the command line
-            try:
-                convert(value)
-            except (TypeError, ValueError, argparse.ArgumentTypeError):
-                name = getattr(convert, "__name__", "value")
-                raise InvalidArgumentError(f"--config {path}: {key}: {value!r} is not a valid {name}") from None
+    config = {key: _config_value(key, value, actions.get(key), path) for key, value in config.items()}
     run.set_defaults(**{key: value for key, value in config.items() if key in actions})
     args = parser.parse_args(argv)
     args.config_extras = {key: config[key] for key in ("backbone_options", "losses", "lbfgs") if key in config}
     return args
+
+
+def _config_value(key: str, value: object, action: argparse.Action | None, path: str) -> object:
+    """A config file's value as the command line would give it: YAML has types the command line
+    has not (``logdir: 5``, ``no_log: 3``, ``lbfgs: [1]``), so each is checked against its option
+    here, in one line naming the file and key, not deep inside the run with a traceback."""
+    def refuse(what: str) -> InvalidArgumentError:
+        return InvalidArgumentError(f"--config {path}: {key}: {what}, got {value!r}")
+
+    if key in _CONFIG_MAPPINGS:
+        if value is not None and not isinstance(value, (dict, list) if key == "losses" else dict):
+            raise refuse("must be a mapping" + (" or a list" if key == "losses" else ""))
+        return value
+    if action is None or value is None:
+        return value
+    if action.nargs == 0:  # a flag: --no-log, --tile/--no-tile
+        if not isinstance(value, bool):
+            raise refuse("must be true or false")
+        return value
+    if isinstance(action, argparse._AppendAction):  # --import, given once per module
+        modules = [value] if isinstance(value, str) else value
+        if not isinstance(modules, list) or not all(isinstance(module, str) for module in modules):
+            raise refuse("must be a module name or a list of them")
+        return modules
+    convert = action.type
+    if isinstance(value, str) and callable(convert):  # argparse would blame the command line
+        try:
+            convert(value)
+        except (TypeError, ValueError, argparse.ArgumentTypeError):
+            name = getattr(convert, "__name__", "value")
+            raise InvalidArgumentError(f"--config {path}: {key}: {value!r} is not a valid {name}") from None
+        return value
+    if convert is None and not (key in _CONFIG_SIZES and isinstance(value, list)):
+        if isinstance(value, (dict, list)):
+            raise refuse("must be a single value")
+        return value if isinstance(value, str) or key in _CONFIG_SIZES else str(value)  # logdir: 5 is folder "5"
+    return value  # numbers: the option's own checks judge them, as for the Python API
+
+
+#: config keys with no command-line option of their own (a mapping, or losses' list of [name, options])
+_CONFIG_MAPPINGS = ("backbone_options", "losses", "lbfgs")
+#: config keys that, as in the Python API, may be a number or [height, width] as well as "WxH"
+_CONFIG_SIZES = ("size", "exemplar_size")
 
 
 def _recipe_options(args: argparse.Namespace) -> dict[str, object]:
