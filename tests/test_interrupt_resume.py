@@ -141,3 +141,42 @@ def test_sigterm_stops_at_the_end_of_the_step_with_image_and_checkpoint(exemplar
     assert module.interrupted == "SIGTERM" and module.num_steps == 3
     assert checkpoint.exists() and image.exists()
     assert signal.getsignal(signal.SIGTERM) == previous  # handlers restored
+
+
+def test_load_from_checkpoint_rebuilds_the_module_from_the_file_alone(exemplar, tmp_path):
+    """Lightning's own load_from_checkpoint called __init__ with the logged summary and failed
+    ("rgb: no such file"): the exemplar and the settings to build the module are now stored."""
+    checkpoint = tmp_path / "run.ckpt"
+    first = TextureSynthesis(exemplar, **TINY_BACKBONE, seed=3, size=24, lbfgs={"max_iter": 3},
+                             losses={"spectrum": {"weight": 0.5}})
+    fit(first, 2, logdir=False, progress_bar=False, quiet=True, checkpoint=checkpoint, checkpoint_every=2)
+
+    loaded = TextureSynthesis.load_from_checkpoint(checkpoint)
+    assert torch.equal(loaded.image.detach(), first.image.detach())
+    assert torch.equal(loaded.exemplar, first.exemplar)
+    assert loaded.describe() == first.describe() and loaded.num_steps == 2
+    assert loaded.compute_losses()["total"].item() == pytest.approx(first.compute_losses()["total"].item())
+    fit(loaded, 1, logdir=False, progress_bar=False, quiet=True)  # a fresh fit goes on from the loaded image
+    assert loaded.num_steps == 3 and loaded.loss_history[-1] < first.loss_history[-1]
+
+    other_exemplar = exemplar.flip(-1)
+    with pytest.raises(CheckpointError, match="different settings: exemplar_sha256_16"):
+        TextureSynthesis.load_from_checkpoint(checkpoint, exemplar=other_exemplar)
+    with pytest.raises(CheckpointError, match=r"^checkpoint .*missing.ckpt: no such checkpoint file$"):
+        TextureSynthesis.load_from_checkpoint(tmp_path / "missing.ckpt")
+
+
+def test_load_from_checkpoint_of_a_backbone_object_asks_for_it(exemplar, tmp_path):
+    from texsynth.backbones import create_backbone
+
+    def backbone():
+        return create_backbone(TINY_BACKBONE["backbone"], **TINY_BACKBONE["backbone_options"])
+
+    checkpoint = tmp_path / "run.ckpt"
+    first = TextureSynthesis(exemplar, backbone=backbone(), seed=0, lbfgs={"max_iter": 2})
+    fit(first, 1, logdir=False, progress_bar=False, quiet=True, checkpoint=checkpoint, checkpoint_every=1)
+    with pytest.raises(CheckpointError, match="cannot rebuild its module \\(its backbone was given as a module\\); "
+                                              "pass backbone= to load_from_checkpoint"):
+        TextureSynthesis.load_from_checkpoint(checkpoint)
+    loaded = TextureSynthesis.load_from_checkpoint(checkpoint, backbone=backbone())
+    assert torch.equal(loaded.image.detach(), first.image.detach())

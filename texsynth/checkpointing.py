@@ -1,9 +1,10 @@
 """Interruption and resumption: periodic checkpoints, Ctrl-C / SIGTERM at a step boundary.
 
 A checkpoint is Lightning's: the image (the module's only state), the L-BFGS state (history,
-step length, last gradient), the step count, plus texsynth's own counters, loss history and
-settings fingerprint. Files are written atomically, so a crash while saving keeps the
-previous checkpoint.
+step length, last gradient), the step count, plus texsynth's own counters, loss history,
+settings fingerprint, exemplar and the settings that build the module again
+(``TextureSynthesis.load_from_checkpoint``). Files are written atomically, so a crash while
+saving keeps the previous checkpoint.
 
 Signals are deferred to the end of the current L-BFGS step, so the checkpoint is taken at
 a clean step boundary and a resumed run reaches exactly the image an uninterrupted run would
@@ -23,28 +24,65 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from texsynth._logging import log
-from texsynth.errors import CheckpointError, require_count, torch_load_failure
+from texsynth.errors import CheckpointError, TexsynthError, require_count, torch_load_failure
 from texsynth.image_io import atomic_write, save_image
 
 
 def check_resumable(path: str | os.PathLike) -> int:
     """Refuse, in one line, a ``resume`` file that is missing or not a texsynth checkpoint,
     before Lightning loads it (whose errors for such files are tracebacks or torch's
-    multi-line advice). Memory-mapped, so even a large L-BFGS history costs nothing to open.
-    Returns the number of steps the checkpoint has done."""
+    multi-line advice). Returns the number of steps the checkpoint has done."""
+    return int(read_checkpoint(path, "--resume").get("global_step", 0))
+
+
+def read_checkpoint(path: str | os.PathLike, label: str) -> dict[str, Any]:
+    """A texsynth checkpoint's contents, or a one-line error starting with ``label`` and the
+    path. Memory-mapped, so even a large L-BFGS history costs nothing to open."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"--resume {path}: no such checkpoint file")
+        raise CheckpointError(f"{label} {path}: no such checkpoint file")
     if path.stat().st_size == 0:
-        raise CheckpointError(f"--resume {path}: not a usable texsynth checkpoint (the file is empty)")
+        raise CheckpointError(f"{label} {path}: not a usable texsynth checkpoint (the file is empty)")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as error:
         raise CheckpointError(
-            f"--resume {path}: not a usable texsynth checkpoint ({torch_load_failure(error)})") from None
+            f"{label} {path}: not a usable texsynth checkpoint ({torch_load_failure(error)})") from None
     if not isinstance(checkpoint, dict) or "texsynth" not in checkpoint or "state_dict" not in checkpoint:
-        raise CheckpointError(f"--resume {path}: a torch file, but not a texsynth checkpoint (no 'texsynth' entry)")
-    return int(checkpoint.get("global_step", 0))
+        raise CheckpointError(f"{label} {path}: a torch file, but not a texsynth checkpoint (no 'texsynth' entry)")
+    return checkpoint
+
+
+def load_checkpointed_module(cls: type[Any], path: str | os.PathLike, map_location: Any,
+                             overrides: dict[str, Any]) -> Any:
+    """Build ``cls`` from a texsynth checkpoint: see ``TextureSynthesis.load_from_checkpoint``."""
+    checkpoint = read_checkpoint(path, "checkpoint")
+    saved = checkpoint["texsynth"]
+    exemplar = overrides.pop("exemplar", saved.get("exemplar"))
+    if exemplar is None:
+        raise CheckpointError(f"checkpoint {path}: written by an older texsynth, without its exemplar; pass "
+                              f"exemplar= and the run's settings")
+    options = saved.get("rebuild")
+    if options is None and not overrides:
+        raise CheckpointError(f"checkpoint {path}: written by an older texsynth, without its settings; pass "
+                              f"them (size=, backbone=, losses=, ...) to load_from_checkpoint")
+    missing = {key: why for key, why in (saved.get("rebuild_missing") or {}).items() if key not in overrides}
+    if missing:
+        key, why = next(iter(missing.items()))
+        raise CheckpointError(f"checkpoint {path}: cannot rebuild its module ({why}); pass {key}= to "
+                              f"load_from_checkpoint")
+    try:
+        module = cls(exemplar, **{**(options or {}), **overrides})
+    except TexsynthError as error:
+        raise CheckpointError(f"checkpoint {path}: cannot rebuild its module ({error}); pass that setting to "
+                              f"load_from_checkpoint") from None
+    module.on_load_checkpoint(checkpoint)  # refuses settings (or an exemplar) other than the checkpoint's
+    module.load_state_dict(checkpoint["state_dict"])
+    with torch.no_grad():  # the image a divergence would restore
+        module._last_good_image.copy_(module.image)
+    if map_location is not None:
+        module.to(torch.device(map_location))
+    return module
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

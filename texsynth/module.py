@@ -33,7 +33,7 @@ from texsynth.image_io import ImageSource, Size, center_crop_resize, load_image,
 from texsynth.init import INITS, initial_image
 from texsynth.losses.base import float32_statistics
 from texsynth.memory import check_image_fits, check_memory, size_label
-from texsynth.presets import LBFGS_DEFAULTS, Preset, torch_lbfgs_options
+from texsynth.presets import LBFGS_DEFAULTS, Preset, list_presets, torch_lbfgs_options
 from texsynth.recipe import LossSpec, resolve_recipe
 from texsynth.tiling import make_periodic, periodic_resize, resolve_tile, tile_targets_source
 
@@ -106,6 +106,7 @@ class TextureSynthesis(L.LightningModule):
         self.exemplar_file: Path | None = (Path(exemplar).resolve() if isinstance(exemplar, (str, os.PathLike))
                                            and Path(exemplar).is_file() else None)
         recipe = resolve_recipe(preset, backbone, backbone_options, weights, losses)
+        self._backbone_given_as_module = isinstance(backbone, nn.Module)  # not rebuildable by name
         self.preset = recipe.preset
         self.backbone_name = recipe.backbone_name
         self.backbone_options = recipe.backbone_options
@@ -285,8 +286,55 @@ class TextureSynthesis(L.LightningModule):
     RESUME_KEYS = ("exemplar_sha256_16", "exemplar_size", "size", "backbone", "losses", "variations",
                    "tile", "lbfgs")
 
+    def rebuild_options(self) -> tuple[dict[str, Any], dict[str, str]]:
+        """Keyword arguments that build this module again around its exemplar (as
+        :meth:`load_from_checkpoint` does), and those it cannot give, with why: a backbone or
+        losses given as objects have no name to build them from."""
+        options = {
+            "size": list(self.output_size),
+            "exemplar_size": list(self.exemplar.shape[-2:]),  # as stored: no preset resizes it again
+            "backbone": self.backbone_name,
+            "backbone_options": self.backbone_options,  # weights included
+            "losses": [list(getattr(loss, "spec", ())) for loss in self.loss_terms.values()],
+            "preset": self.preset.name,
+            "seed": self.seed,
+            "init": self.init_kind,
+            "lbfgs": self.lbfgs_options,
+            "variations": self.variations,
+            "tile": self.tile,
+            "checkpointing": self.checkpointing,
+        }
+        missing = {}
+        if self.preset.name not in list_presets():  # made up for a backbone module, or an object
+            del options["preset"]  # every setting it would give is given above
+        if self._backbone_given_as_module:
+            missing["backbone"] = "its backbone was given as a module"
+            del options["backbone"], options["backbone_options"]
+        unnamed = [name for name, loss in self.loss_terms.items() if getattr(loss, "spec", None) is None]
+        if unnamed:
+            missing["losses"] = f"its loss {unnamed[0]!r} was given as an object"
+            del options["losses"]
+        return yaml_safe(options), missing
+
+    @classmethod
+    def load_from_checkpoint(  # type: ignore[override]
+        cls, checkpoint_path: str | os.PathLike, map_location: str | torch.device | None = None, **overrides: Any,
+    ) -> TextureSynthesis:
+        """The module of a texsynth checkpoint, with its image and step counts; the exemplar
+        and the settings come from the checkpoint, ``overrides`` (any ``__init__`` keyword,
+        ``exemplar`` too) replace them. Lightning's own would call ``__init__`` with the
+        logged hyper-parameters, a summary that cannot build it. To continue the run with its
+        L-BFGS state, use ``Trainer.fit(module, ckpt_path=...)`` or ``synthesize(resume=...)``."""
+        from texsynth.checkpointing import load_checkpointed_module
+
+        return load_checkpointed_module(cls, checkpoint_path, map_location, overrides)
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        rebuild, missing = self.rebuild_options()
         checkpoint["texsynth"] = {
+            "exemplar": self.exemplar.detach().cpu(),
+            "rebuild": rebuild,
+            "rebuild_missing": missing,
             "settings": self.describe(),
             "num_evals": self.num_evals,
             "num_steps": self.num_steps,
