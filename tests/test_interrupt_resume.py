@@ -180,3 +180,21 @@ def test_load_from_checkpoint_of_a_backbone_object_asks_for_it(exemplar, tmp_pat
         TextureSynthesis.load_from_checkpoint(checkpoint)
     loaded = TextureSynthesis.load_from_checkpoint(checkpoint, backbone=backbone())
     assert torch.equal(loaded.image.detach(), first.image.detach())
+
+
+def test_ctrl_c_with_nothing_to_save_is_a_keyboard_interrupt_not_lightnings_exit(exemplar):
+    """A coarse stage has no checkpoint, so Lightning handled Ctrl-C itself: it set SIGINT to
+    be ignored for the rest of the process and called sys.exit(1) (the CLI then exited 1,
+    silently). The caller now gets the KeyboardInterrupt, with SIGINT's handler put back."""
+    import lightning as L
+
+    class CtrlC(L.Callback):
+        def on_train_batch_end(self, *args):
+            raise KeyboardInterrupt
+
+    module = TextureSynthesis(exemplar, **TINY_BACKBONE, seed=0, lbfgs={"max_iter": 2})
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        fit(module, 3, logdir=False, progress_bar=False, quiet=True, callbacks=[CtrlC()])
+    assert signal.getsignal(signal.SIGINT) is before and before is not signal.SIG_IGN
+    assert module.num_steps == 1

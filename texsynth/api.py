@@ -6,6 +6,8 @@ import inspect
 import logging
 import os
 import pickle
+import signal
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -116,8 +118,18 @@ def fit(
         trainer = make_trainer(steps, logdir=logdir, run_name=module.exemplar_name, callbacks=callbacks,
                                **trainer_options)
         start = time.perf_counter()
+        sigint_handler = signal.getsignal(signal.SIGINT)
         try:
             trainer.fit(module, ckpt_path=str(resume) if resume is not None else None)
+        except SystemExit:
+            if not trainer.interrupted:
+                raise
+            # Ctrl-C with no checkpoint to save (a coarse stage, or no checkpoint asked for):
+            # Lightning's "graceful shutdown" ignores SIGINT from then on and exits with status 1,
+            # silently when quiet; give the caller the KeyboardInterrupt (the CLI: exit 130)
+            if threading.current_thread() is threading.main_thread() and sigint_handler is not None:
+                signal.signal(signal.SIGINT, sigint_handler)
+            raise KeyboardInterrupt from None
         except (RuntimeError, KeyError, EOFError, pickle.UnpicklingError) as error:
             if resume is None:
                 raise
