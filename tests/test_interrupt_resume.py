@@ -146,8 +146,11 @@ def test_sigterm_stops_at_the_end_of_the_step_with_image_and_checkpoint(exemplar
 def test_load_from_checkpoint_rebuilds_the_module_from_the_file_alone(exemplar, tmp_path):
     """Lightning's own load_from_checkpoint called __init__ with the logged summary and failed
     ("rgb: no such file"): the exemplar and the settings to build the module are now stored."""
-    checkpoint = tmp_path / "run.ckpt"
-    first = TextureSynthesis(exemplar, **TINY_BACKBONE, seed=3, size=24, lbfgs={"max_iter": 3},
+    from texsynth.image_io import save_image
+
+    checkpoint, exemplar_file = tmp_path / "run.ckpt", tmp_path / "bricks.png"
+    save_image(exemplar, exemplar_file)
+    first = TextureSynthesis(exemplar_file, **TINY_BACKBONE, seed=3, size=24, lbfgs={"max_iter": 3},
                              losses={"spectrum": {"weight": 0.5}})
     fit(first, 2, logdir=False, progress_bar=False, quiet=True, checkpoint=checkpoint, checkpoint_every=2)
 
@@ -155,6 +158,9 @@ def test_load_from_checkpoint_rebuilds_the_module_from_the_file_alone(exemplar, 
     assert torch.equal(loaded.image.detach(), first.image.detach())
     assert torch.equal(loaded.exemplar, first.exemplar)
     assert loaded.describe() == first.describe() and loaded.num_steps == 2
+    assert loaded.exemplar_name == "bricks" and loaded.hparams == first.hparams
+    with pytest.raises(InvalidArgumentError, match="is the exemplar itself"):  # still protected
+        loaded.save_outputs(exemplar_file)
     assert loaded.compute_losses()["total"].item() == pytest.approx(first.compute_losses()["total"].item())
     fit(loaded, 1, logdir=False, progress_bar=False, quiet=True)  # a fresh fit goes on from the loaded image
     assert loaded.num_steps == 3 and loaded.loss_history[-1] < first.loss_history[-1]

@@ -58,6 +58,7 @@ def load_checkpointed_module(cls: type[Any], path: str | os.PathLike, map_locati
     """Build ``cls`` from a texsynth checkpoint: see ``TextureSynthesis.load_from_checkpoint``."""
     checkpoint = read_checkpoint(path, "checkpoint")
     saved = checkpoint["texsynth"]
+    stored_exemplar = "exemplar" not in overrides
     exemplar = overrides.pop("exemplar", saved.get("exemplar"))
     if exemplar is None:
         raise CheckpointError(f"checkpoint {path}: written by an older texsynth, without its exemplar; pass "
@@ -76,6 +77,10 @@ def load_checkpointed_module(cls: type[Any], path: str | os.PathLike, map_locati
     except TexsynthError as error:
         raise CheckpointError(f"checkpoint {path}: cannot rebuild its module ({error}); pass that setting to "
                               f"load_from_checkpoint") from None
+    if stored_exemplar:  # the run's name (run folders, hparams) and the file no output may overwrite
+        module.exemplar_name = module.hparams["exemplar"] = saved.get("exemplar_name", module.exemplar_name)
+        if saved.get("exemplar_file"):
+            module.exemplar_file = Path(saved["exemplar_file"])
     module.on_load_checkpoint(checkpoint)  # refuses settings (or an exemplar) other than the checkpoint's
     module.load_state_dict(checkpoint["state_dict"])
     with torch.no_grad():  # the image a divergence would restore

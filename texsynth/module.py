@@ -333,6 +333,8 @@ class TextureSynthesis(L.LightningModule):
         rebuild, missing = self.rebuild_options()
         checkpoint["texsynth"] = {
             "exemplar": self.exemplar.detach().cpu(),
+            "exemplar_name": self.exemplar_name,
+            "exemplar_file": str(self.exemplar_file) if self.exemplar_file is not None else None,
             "rebuild": rebuild,
             "rebuild_missing": missing,
             "settings": self.describe(),
