@@ -241,6 +241,18 @@ def test_divergence_restores_the_last_good_image_and_stops(exemplar):
     assert len(module.loss_history) == 2
 
 
+def test_losses_of_an_image_of_another_size_or_shape_are_refused_in_one_line(exemplar):
+    """The spectrum terms compare whole spectra; the error came from inside a loss, about a
+    "target spectrum" the caller never made."""
+    module = _module(exemplar, size=(24, 32))
+    with pytest.raises(InvalidArgumentError, match=r"^compute_losses: image is 24x24, the output size is 32x24; "
+                                                   r"resize it first$"):
+        module.compute_losses(torch.rand(3, 24, 24))
+    with pytest.raises(InvalidArgumentError, match=r"image must be \(3, H, W\) or \(B, 3, H, W\), got \(1, 1, 24, 32\)"):
+        module.compute_losses(torch.rand(1, 24, 32))
+    assert module.compute_losses(torch.rand(2, 3, 24, 32))["total"].dim() == 0
+
+
 def test_losses_and_starting_images_take_arrays_images_and_paths_too(exemplar, tmp_path):
     from PIL import Image
 

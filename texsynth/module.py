@@ -387,10 +387,8 @@ class TextureSynthesis(L.LightningModule):
         """
         if image is None:
             image = self.image
-        elif not isinstance(image, torch.Tensor):
-            image = load_image(image, "image").to(self.image.device)
-        elif image.dim() == 3:
-            image = image.unsqueeze(0)
+        else:
+            image = self._image_to_measure(image)
         self._ensure_targets()
         features = self._features(image)
         # mixed precision: the backbone in bfloat16, every loss's statistics in float32
@@ -398,6 +396,23 @@ class TextureSynthesis(L.LightningModule):
             terms = {name: loss.weight * loss(image, features) for name, loss in self.loss_terms.items()}
         terms["total"] = torch.stack(list(terms.values())).sum()
         return terms
+
+    def _image_to_measure(self, image: ImageSource) -> torch.Tensor:
+        """A caller's image for :meth:`compute_losses`, refused in one line when it is not a
+        batch of RGB images of the output size (the spectrum terms compare whole spectra; the
+        error used to come from inside a loss, about "target spectrum" shapes)."""
+        if not isinstance(image, torch.Tensor):
+            image = load_image(image, "image").to(self.image.device)
+        elif image.dim() == 3:
+            image = image.unsqueeze(0)
+        if image.dim() != 4 or image.shape[1] != 3:
+            raise InvalidArgumentError(f"compute_losses: image must be (3, H, W) or (B, 3, H, W), got "
+                                       f"{tuple(image.shape)}")
+        if tuple(image.shape[-2:]) != tuple(self.output_size):
+            (height, width), (out_height, out_width) = image.shape[-2:], self.output_size
+            raise InvalidArgumentError(f"compute_losses: image is {width}x{height}, the output size is "
+                                       f"{out_width}x{out_height}; resize it first")
+        return image
 
     # ------------------------------------------------------------------ Lightning hooks
     def configure_optimizers(self) -> torch.optim.Optimizer:
