@@ -32,6 +32,24 @@ def test_an_unknown_option_names_synthesize_and_a_fix(exemplar, option, hint):
     assert str(caught.value).startswith(f"synthesize() got an unknown option {option!r}; {hint}")
 
 
+def test_callbacks_may_be_one_callback_and_anything_else_is_refused_first(exemplar):
+    """A single callback (as the Trainer takes it) was a TypeError about `*`; a string or a
+    number failed at the Trainer's first hook, after the coarse stage."""
+    import lightning as L
+
+    class CountSteps(L.Callback):
+        steps = 0
+
+        def on_train_batch_end(self, *args):
+            CountSteps.steps += 1
+
+    result = synthesize(exemplar, steps=2, coarse_levels=0, callbacks=CountSteps(), **TINY_BACKBONE)
+    assert result.steps == 2 and CountSteps.steps == 2
+    for bad, message in (("x", "a Lightning Callback or a list of them, got str"), ([1], "got int")):
+        with pytest.raises(InvalidArgumentError, match=message):
+            synthesize(exemplar, steps=1, callbacks=bad, **TINY_BACKBONE)
+
+
 @pytest.mark.parametrize("dtype", ["uint8", "float32"])
 def test_synthesize_from_a_numpy_array(exemplar, dtype):
     """A (H, W, 3) array is an exemplar like any other (Lightning's hyper-parameter capture once

@@ -220,6 +220,7 @@ def test_batch_cli_bad_input_is_one_line_exit_2(args, fragment, tmp_path, capsys
     ({"max_iter": 2}, r"batch\(\) got an unknown option 'max_iter'; L-BFGS settings go in lbfgs="),
     ({"progress_bar": True}, "unknown option 'progress_bar'; batch\\(\\) sets it for every item"),
     ({"stop_when_staled": 0.1}, "did you mean 'stop_when_stalled'"),
+    ({"callbacks": ["not a callback"]}, "callbacks must be Lightning Callbacks, got str"),
 ])
 def test_batch_refuses_bad_options_before_any_item(kwargs, message, tmp_path):
     """Such options used to fail every item, one by one (a float count passed the check)."""

@@ -48,6 +48,23 @@ def require_synthesis_options(options: dict[str, Any], caller: str, batch: bool 
     require_known_options(options, accepted, caller, hints)
 
 
+def lightning_callbacks(callbacks: Any) -> list[Any]:
+    """``callbacks`` as a list of Lightning callbacks: one callback alone is accepted, as the
+    Trainer accepts it; anything else is refused here, not at the Trainer's first hook."""
+    import lightning as L
+
+    if callbacks is None:
+        return []
+    callbacks = [callbacks] if isinstance(callbacks, L.Callback) else callbacks
+    if isinstance(callbacks, (str, bytes)) or not isinstance(callbacks, (list, tuple)):
+        raise InvalidArgumentError(f"callbacks must be a Lightning Callback or a list of them, got "
+                                   f"{type(callbacks).__name__}")
+    for callback in callbacks:
+        if not isinstance(callback, L.Callback):
+            raise InvalidArgumentError(f"callbacks must be Lightning Callbacks, got {type(callback).__name__}")
+    return list(callbacks)
+
+
 @dataclass
 class SynthesisResult:
     """What a run produced: the image, the final losses and what it cost."""
@@ -108,7 +125,7 @@ def fit(
     SIGTERM stops the run at the end of a step (``image_path`` then receives the image).
     """
     saver = SaveAndInterrupt(checkpoint, image_path, checkpoint_every)
-    callbacks = [*trainer_options.pop("callbacks", ()), saver]
+    callbacks = [*lightning_callbacks(trainer_options.pop("callbacks", ())), saver]
     if resume is not None:
         done = check_resumable(resume)
         if done >= steps:  # Lightning would end at once, silently
@@ -194,7 +211,7 @@ def synthesize(
     picks it); :func:`texsynth.batch` spreads many images over many devices.
     """
     require_synthesis_options(module_options, "synthesize")
-    callbacks = [*callbacks, *stopping_callbacks(stop_when_stalled, max_copy_score)]
+    callbacks = [*lightning_callbacks(callbacks), *stopping_callbacks(stop_when_stalled, max_copy_score)]
     require_coarse_steps(coarse_steps)
     require_count(checkpoint_every, "checkpoint_every", minimum=0)  # before the coarse stages run
     require_count(log_images_every, "log_images_every")

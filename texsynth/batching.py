@@ -259,10 +259,11 @@ def batch(
     """
     from lightning.fabric import Fabric
 
-    from texsynth.api import require_synthesis_options
+    from texsynth.api import lightning_callbacks, require_synthesis_options
 
     source, out = Path(source), Path(out)
     require_synthesis_options(module_options, "batch", batch=True)
+    lightning_callbacks(module_options.get("callbacks"))  # else every item fails on it
     # checked here, not per item: a bad count would fail every item, each after loading its exemplar
     for name, value in (("variations", variations), ("steps", steps), ("num_nodes", num_nodes),
                         ("log_images_every", log_images_every)):
