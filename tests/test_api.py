@@ -50,6 +50,24 @@ def test_callbacks_may_be_one_callback_and_anything_else_is_refused_first(exempl
             synthesize(exemplar, steps=1, callbacks=bad, **TINY_BACKBONE)
 
 
+@pytest.mark.parametrize("kwargs, message", [
+    ({"image_path": 5}, "image_path must be a path (str or os.PathLike), got 5"),
+    ({"checkpoint": 5}, "checkpoint must be a path"),
+    ({"resume": 5}, "resume must be a path"),
+    ({"logdir": 5}, "logdir must be a path"),
+    ({"deterministic_on_gpu": "no"}, "deterministic_on_gpu must be True or False, got 'no'"),  # "no" is truthy
+    ({"progress_bar": "yes"}, "progress_bar must be True or False"),
+    ({"checkpointing": "yes"}, "checkpointing must be True, False or None"),
+    ({"backbone": "vgg19", "backbone_options": None, "weights": 3}, "weights must be 'imagenet', 'random', a state-dict path or None, got 3"),
+])
+def test_options_of_the_wrong_type_are_one_line_errors(exemplar, kwargs, message):
+    """Paths were os.fspath's TypeError (naming neither option nor value); "no" passed as true;
+    checkpointing="yes" blamed the backbone."""
+    with pytest.raises(InvalidArgumentError) as caught:
+        synthesize(exemplar, steps=1, **{**TINY_BACKBONE, **kwargs})
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
 @pytest.mark.parametrize("dtype", ["uint8", "float32"])
 def test_synthesize_from_a_numpy_array(exemplar, dtype):
     """A (H, W, 3) array is an exemplar like any other (Lightning's hyper-parameter capture once

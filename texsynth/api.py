@@ -19,8 +19,8 @@ import torch
 from texsynth._logging import log
 from texsynth.callbacks import stopping_callbacks
 from texsynth.checkpointing import SaveAndInterrupt, check_resumable
-from texsynth.errors import (CheckpointError, InvalidArgumentError, require_count, require_known_options,
-                             torch_load_failure)
+from texsynth.errors import (CheckpointError, InvalidArgumentError, require_count, require_flag,
+                             require_known_options, require_path, torch_load_failure)
 from texsynth.image_io import (ImageSource, output_format, require_folder_accepts_files, require_writable_folder,
                                save_image, to_pil)
 from texsynth.memory import check_memory
@@ -211,6 +211,14 @@ def synthesize(
     picks it); :func:`texsynth.batch` spreads many images over many devices.
     """
     require_synthesis_options(module_options, "synthesize")
+    for name, path in (("image_path", image_path), ("checkpoint", checkpoint), ("resume", resume)):
+        if path is not None:
+            require_path(path, name)
+    if logdir not in (None, False, True):
+        require_path(logdir, "logdir")
+    for name, flag in (("deterministic_on_gpu", deterministic_on_gpu), ("progress_bar", progress_bar),
+                       ("quiet", quiet)):
+        require_flag(flag, name)
     callbacks = [*lightning_callbacks(callbacks), *stopping_callbacks(stop_when_stalled, max_copy_score)]
     require_coarse_steps(coarse_steps)
     require_count(checkpoint_every, "checkpoint_every", minimum=0)  # before the coarse stages run

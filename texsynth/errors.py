@@ -62,6 +62,23 @@ def require_known_options(options: Collection[str], accepted: Collection[str], c
     raise UnknownOptionError(f"{caller}() got an unknown option {name!r}; {hint}")
 
 
+def require_flag(value: object, name: str) -> bool:
+    """``value`` if it is True or False: ``"no"`` or ``0.0`` would pass an ``if`` as something else."""
+    if not isinstance(value, bool):
+        raise InvalidArgumentError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def require_path(value: object, name: str) -> object:
+    """``value`` if it can name a file (a str or os.PathLike), else a one-line error naming ``name``
+    (``os.fspath``'s TypeError names neither the option nor the value)."""
+    import os
+
+    if isinstance(value, (str, os.PathLike)):
+        return value
+    raise InvalidArgumentError(f"{name} must be a path (str or os.PathLike), got {value!r}")
+
+
 def require_count(value: object, name: str, minimum: int = 1) -> int:
     """``value`` as an int of at least ``minimum`` (a count of steps, stages, …), else a
     one-line error naming ``name``: floats and bools are refused, not truncated."""

@@ -132,6 +132,9 @@ class TextureSynthesis(L.LightningModule):
                 _check_min_size(self.backbone.min_size(layers), exemplar_tensor.shape[-2:], "exemplar")
                 _check_min_size(self.backbone.min_size(layers), self.output_size, "output size")
             self.extractor = FeatureExtractor(self.backbone, layers)
+        if checkpointing is not None and not isinstance(checkpointing, bool):
+            raise InvalidArgumentError(f"checkpointing must be True, False or None (only when memory is short), "
+                                       f"got {checkpointing!r}")
         self.checkpointing = checkpointing
         if checkpointing:
             if self.extractor is None:

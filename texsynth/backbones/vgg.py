@@ -212,6 +212,8 @@ def _find(state_dict: dict[str, torch.Tensor], keys: list[str]) -> torch.Tensor 
 
 
 def _describe_weights(weights: str | os.PathLike | None) -> str:
+    if weights is not None and not isinstance(weights, (str, os.PathLike)):
+        raise InvalidArgumentError(f"weights must be 'imagenet', 'random', a state-dict path or None, got {weights!r}")
     if weights is None or (isinstance(weights, str) and weights.lower() in RANDOM_ALIASES):
         return "random"
     if isinstance(weights, str) and weights.lower() in IMAGENET_ALIASES:
