@@ -177,7 +177,7 @@ def _apply_config(parser: argparse.ArgumentParser, argv: Sequence[str] | None, c
     config = {key: _config_value(key, value, actions.get(key), path) for key, value in config.items()}
     run.set_defaults(**{key: value for key, value in config.items() if key in actions})
     args = parser.parse_args(argv)
-    args.config_extras = {key: config[key] for key in ("backbone_options", "losses", "lbfgs") if key in config}
+    args.config_extras = {key: config[key] for key in _CONFIG_MAPPINGS if key in config}
     return args
 
 

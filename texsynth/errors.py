@@ -7,6 +7,7 @@ message must name the offending input and say what is wrong with it.
 from __future__ import annotations
 
 import difflib
+import os
 import pickle
 from typing import Collection, Mapping
 
@@ -62,18 +63,20 @@ def require_known_options(options: Collection[str], accepted: Collection[str], c
     raise UnknownOptionError(f"{caller}() got an unknown option {name!r}; {hint}")
 
 
-def require_flag(value: object, name: str) -> bool:
-    """``value`` if it is True or False: ``"no"`` or ``0.0`` would pass an ``if`` as something else."""
+def require_flag(value: object, name: str, none_means: str | None = None) -> bool | None:
+    """``value`` if it is True or False (or None, where ``none_means`` says what None does):
+    ``"no"`` or ``0.0`` would pass an ``if`` as something else."""
+    if value is None and none_means is not None:
+        return None
     if not isinstance(value, bool):
-        raise InvalidArgumentError(f"{name} must be True or False, got {value!r}")
+        allowed = "True or False" if none_means is None else f"True, False or None ({none_means})"
+        raise InvalidArgumentError(f"{name} must be {allowed}, got {value!r}")
     return value
 
 
 def require_path(value: object, name: str) -> object:
     """``value`` if it can name a file (a str or os.PathLike), else a one-line error naming ``name``
     (``os.fspath``'s TypeError names neither the option nor the value)."""
-    import os
-
     if isinstance(value, (str, os.PathLike)):
         return value
     raise InvalidArgumentError(f"{name} must be a path (str or os.PathLike), got {value!r}")

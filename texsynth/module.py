@@ -27,7 +27,7 @@ from torch import nn
 from texsynth._logging import log
 from texsynth.backbones import Backbone
 from texsynth.config import yaml_safe
-from texsynth.errors import CheckpointError, InvalidArgumentError, require_count
+from texsynth.errors import CheckpointError, InvalidArgumentError, require_count, require_flag
 from texsynth.features import FeatureExtractor
 from texsynth.image_io import ImageSource, Size, center_crop_resize, load_image, parse_size, save_image
 from texsynth.init import INITS, initial_image
@@ -132,10 +132,7 @@ class TextureSynthesis(L.LightningModule):
                 _check_min_size(self.backbone.min_size(layers), exemplar_tensor.shape[-2:], "exemplar")
                 _check_min_size(self.backbone.min_size(layers), self.output_size, "output size")
             self.extractor = FeatureExtractor(self.backbone, layers)
-        if checkpointing is not None and not isinstance(checkpointing, bool):
-            raise InvalidArgumentError(f"checkpointing must be True, False or None (only when memory is short), "
-                                       f"got {checkpointing!r}")
-        self.checkpointing = checkpointing
+        self.checkpointing = require_flag(checkpointing, "checkpointing", none_means="only when memory is short")
         if checkpointing:
             if self.extractor is None:
                 raise InvalidArgumentError("checkpointing=True needs a backbone (no feature loss is used)")

@@ -32,7 +32,7 @@ from torch import nn
 from torchvision.transforms.functional import gaussian_blur
 
 from texsynth.backbones.base import Backbone, circular_pad, set_circular_padding
-from texsynth.errors import InvalidArgumentError
+from texsynth.errors import require_flag
 from texsynth.losses.spectrum import periodic_component
 
 #: blur of the exemplar whose border jumps count as lighting, as a fraction of its larger side
@@ -51,10 +51,8 @@ def resolve_tile(tile: bool | None, exemplar_size: tuple[int, int], output_size:
     lose the exemplar's large-scale lighting (:func:`tile_targets_source`), colour layouts that
     span the exemplar included.
     """
-    if tile is None:
+    if require_flag(tile, "tile", none_means="auto") is None:
         return output_size[0] > exemplar_size[0] or output_size[1] > exemplar_size[1]
-    if not isinstance(tile, bool):
-        raise InvalidArgumentError(f"tile must be True, False or None (auto), got {tile!r}")
     return tile
 
 
