@@ -74,6 +74,46 @@ def test_sliced_wasserstein_with_fixed_directions_sorts_each_target_once(monkeyp
     torch.testing.assert_close(loss(features, {"f": features}), sliced_wasserstein(features, other_target, directions))
 
 
+def test_sliced_wasserstein_draws_new_directions_per_step_by_default_not_per_evaluation():
+    # a strong-Wolfe line search compares probes of one function: redrawn at every evaluation
+    # the loss moved under it (probes of one point differed by 6%) and L-BFGS stepped to NaN
+    target, features = torch.randn(1, 4, 8, 8), torch.randn(1, 4, 8, 8)
+    per_step = _bound(SlicedWassersteinLoss(layers=["f"]), target)
+    assert per_step.resample == "step"
+    within = [float(per_step(features, {"f": features})) for _ in range(3)]
+    per_step.start_step()
+    after = float(per_step(features, {"f": features}))
+    assert within[0] == within[1] == within[2] != after
+    directions = per_step.directions("f", 4, features.device)  # the target is sorted anew for them
+    torch.testing.assert_close(per_step(features, {"f": features}), sliced_wasserstein(features, target, directions))
+
+    per_evaluation = _bound(SlicedWassersteinLoss(layers=["f"], resample="evaluation"), target)
+    assert len({float(per_evaluation(features, {"f": features})) for _ in range(3)}) == 3
+    for mode, legacy in (("evaluation", True), ("never", False)):
+        assert SlicedWassersteinLoss(layers=["f"], resample=legacy).resample == mode
+    never = _bound(SlicedWassersteinLoss(layers=["f"], resample="never"), target)
+    first = float(never(features, {"f": features}))
+    never.start_step()
+    assert float(never(features, {"f": features})) == first
+
+
+@pytest.mark.parametrize(("options", "named"), [
+    ({"resample": "always"}, "resample"), ({"resample": 1}, "resample"),
+    ({"num_directions": 0}, "num_directions"), ({"num_directions": 2.5}, "num_directions"),
+    ({"layer_weights": "abc"}, "layer 'f'"), ({"layer_weights": [float("nan")]}, "layer 'f'"),
+    ({"layer_weights": {"f": -1}}, "layer 'f'"),
+])
+def test_sliced_wasserstein_options_are_checked_up_front(options, named):
+    with pytest.raises(InvalidArgumentError, match=named):
+        SlicedWassersteinLoss(layers=["f"], **options)
+
+
+def test_one_layer_may_be_named_by_a_string():
+    # tuple("level0") would be its letters, each an unknown layer
+    assert SlicedWassersteinLoss(layers="level0").layers == ("level0",)
+    assert HistogramLoss(layers="relu1_1", layer_weights=2).layer_weights == {"relu1_1": 2.0}
+
+
 def test_mean_covariance_matches_the_closed_form_in_one_dimension():
     target = torch.randn(1, 1, 5, 5, dtype=torch.float64) * 2 + 1
     features = torch.randn(1, 1, 5, 5, dtype=torch.float64) * 0.5 - 1

@@ -439,6 +439,8 @@ class TextureSynthesis(L.LightningModule):
             return
         optimizer = self.optimizers()
         self._last_good_image.copy_(self.image.detach())
+        for loss in self.loss_terms.values():
+            loss.start_step()
 
         def closure() -> torch.Tensor:
             optimizer.zero_grad()

@@ -49,6 +49,10 @@ class Preset:
     backbone_options: dict[str, Any] = field(default_factory=dict)
     #: loss name -> constructor options (``weight`` included).
     losses: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: options of losses the recipe does not use, for when a user adds one (``--loss NAME=W``):
+    #: what suits this recipe (the scale-free presets: relative per-layer terms); the user's
+    #: own options override them.
+    loss_defaults: dict[str, dict[str, Any]] = field(default_factory=dict)
     init: str = "sigmoid"
     #: exemplar preprocessing: centre crop + resize to this size (None keeps it as given).
     exemplar_size: int | tuple[int, int] | None = None
@@ -81,6 +85,15 @@ class Preset:
 RELATIVE_GRAM_AND_SPECTRUM: dict[str, dict[str, Any]] = {
     "gram": {"relative": True, "weight": 1.0},
     "spectrum": {"mode": "color", "reduction": "mean", "weight": 1.0},
+}
+#: added by a user to a scale-free recipe, these compare layer by layer as its Gram terms do:
+#: each layer's term relative to its target's size. Absolute, the full-resolution layers
+#: outweighed the rest and left coloured speckle (cracks, 128x128, weight-free: chroma distance
+#: 0.016 -> 0.0016 for sliced_wasserstein, 0.012 -> 0.0018 for histogram; benchmarks/README.md,
+#: "Other feature losses").
+RELATIVE_LAYER_LOSSES: dict[str, dict[str, Any]] = {
+    "sliced_wasserstein": {"relative": True},
+    "histogram": {"relative": True},
 }
 #: random RGB filters put fine colour noise into every step, which Gram terms remove only
 #: slowly: gray exemplars came out with pink/green speckle. The chroma constraint (x10 on a gray
@@ -161,6 +174,7 @@ VGG19_DEFAULT = register_preset(
         backbone_options={"weights": "imagenet", "pooling": "avg"},
         lbfgs=LBFGS_WOLFE,
         losses=RELATIVE_GRAM_AND_SPECTRUM,
+        loss_defaults=RELATIVE_LAYER_LOSSES,
     )
 )
 
@@ -175,6 +189,7 @@ RANDOM_MULTISCALE = register_preset(
         ),
         backbone="random_multiscale",
         losses=RANDOM_FILTER_LOSSES,
+        loss_defaults=RELATIVE_LAYER_LOSSES,
         lbfgs=LBFGS_WOLFE,
     )
 )
@@ -196,6 +211,7 @@ WEIGHT_FREE = register_preset(
         # (chequered_0096: 18% of pixels); with it, lower colour distance in 19 of 22 runs, large
         # gains where pixels left the range (benchmarks/README.md, "Value range")
         losses={**RANDOM_FILTER_LOSSES, "value_range": {"weight": 1.0}},
+        loss_defaults=RELATIVE_LAYER_LOSSES,
         lbfgs=LBFGS_WOLFE,
         # a nearly flat start lets colour regions form where the statistics want them; from
         # sigmoid noise an exemplar laid out across the image (blotchy_0025 at 256x256) ended

@@ -17,7 +17,14 @@ from texsynth.backbones.base import freeze_module
 from texsynth.backbones.vgg import imagenet_weights_cached, imagenet_weights_path
 from texsynth.errors import InvalidArgumentError
 from texsynth.losses import LOSSES, TextureLoss, check_weight, create_loss
-from texsynth.presets import LBFGS_WOLFE, PRESETS, RELATIVE_GRAM_AND_SPECTRUM, Preset, get_preset
+from texsynth.presets import (
+    LBFGS_WOLFE,
+    PRESETS,
+    RELATIVE_GRAM_AND_SPECTRUM,
+    RELATIVE_LAYER_LOSSES,
+    Preset,
+    get_preset,
+)
 
 LossSpec = Union[
     None,
@@ -101,6 +108,7 @@ def resolve_preset(preset: str | Preset | None, backbone: str | nn.Module | None
         description=f"Gram + colour spectrum on {name}'s texture layers",
         backbone=name,
         losses=RELATIVE_GRAM_AND_SPECTRUM,
+        loss_defaults=RELATIVE_LAYER_LOSSES,
         lbfgs=LBFGS_WOLFE,
     )
 
@@ -136,16 +144,18 @@ def _resolve_backbone(
 
 
 def resolve_losses(spec: LossSpec, preset: Preset) -> dict[str, TextureLoss]:
-    """Mapping: merged over the preset's losses (weight 0 drops one). Sequence: replaces them."""
+    """Mapping: merged over the preset's losses (weight 0 drops one; a loss the preset lacks
+    starts from its ``loss_defaults``). Sequence: replaces them, each loss with its own defaults."""
     if isinstance(spec, TextureLoss):
         spec = [spec]
     if spec is None or isinstance(spec, Mapping):
         options = preset.loss_options()
         for name, value in (spec or {}).items():
+            known = options.get(name) or dict(preset.loss_defaults.get(name, {}))
             if isinstance(value, Mapping):
-                options[name] = {**options.get(name, {}), **value}
+                options[name] = {**known, **value}
             else:
-                options.setdefault(name, {})["weight"] = check_weight(value, f"loss {name!r}")
+                options[name] = {**known, "weight": check_weight(value, f"loss {name!r}")}
         built = {name: _create(name, opts) for name, opts in options.items()}
     elif isinstance(spec, Sequence) and not isinstance(spec, str):
         built = {}

@@ -51,6 +51,10 @@ class TextureLoss(nn.Module):
     def forward(self, image: torch.Tensor, features: Features) -> torch.Tensor:
         raise NotImplementedError
 
+    def start_step(self) -> None:
+        """Called before each L-BFGS step. A loss that changes during a run (new random
+        projections) changes here, so that the line search within a step sees one function."""
+
 
 def check_weight(weight: object, name: str) -> float:
     """A loss weight must be a finite, non-negative number."""

@@ -8,7 +8,7 @@ import torch
 
 from texsynth.backbones.base import Backbone
 from texsynth.errors import InvalidArgumentError
-from texsynth.losses.base import Features, TextureLoss
+from texsynth.losses.base import Features, TextureLoss, check_weight
 
 
 class LayeredLoss(TextureLoss):
@@ -33,6 +33,8 @@ class LayeredLoss(TextureLoss):
     ) -> None:
         super().__init__(weight)
         self.relative = bool(relative)
+        if isinstance(layers, str):  # one layer: tuple("relu1_1") would be its letters
+            layers = (layers,)
         self._requested_layers = tuple(layers) if layers is not None else None
         self._layer_weights = layer_weights
         self.layers = self._requested_layers or ()
@@ -60,16 +62,17 @@ class LayeredLoss(TextureLoss):
                 raise InvalidArgumentError(
                     f"{self.loss_name} layer_weights name unused layers {sorted(unknown)}"
                 )
-            values = [float(weights.get(name, 1.0)) for name in self.layers]
+            values = [weights.get(name, 1.0) for name in self.layers]
         elif isinstance(weights, Sequence) and not isinstance(weights, str):
             if len(weights) != len(self.layers):
                 raise InvalidArgumentError(
                     f"{self.loss_name} layer_weights has {len(weights)} values for {len(self.layers)} layers"
                 )
-            values = [float(w) for w in weights]
+            values = list(weights)
         else:
-            values = [float(weights)] * len(self.layers)
-        self.layer_weights = dict(zip(self.layers, values))
+            values = [weights] * len(self.layers)
+        self.layer_weights = {name: check_weight(value, f"{self.loss_name} layer {name!r}")
+                              for name, value in zip(self.layers, values)}
 
     # ---------------------------------------------------------------- subclass API
     def layer_target(self, name: str, features: torch.Tensor) -> torch.Tensor:

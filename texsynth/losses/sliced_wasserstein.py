@@ -3,8 +3,9 @@
 Gram matrices match second-order statistics only; matching the full distribution of
 feature vectors removes the contrast artefacts they leave. The sliced Wasserstein distance
 projects features on random unit directions, sorts the projections over pixels and compares
-them with the sorted projections of the exemplar's features. Directions are drawn anew at
-each evaluation (as in the paper), from a seeded generator so runs are reproducible.
+them with the sorted projections of the exemplar's features. Directions are drawn anew before
+each L-BFGS step (by default; see ``resample``), from a seeded generator so runs are
+reproducible.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
+from texsynth.errors import InvalidArgumentError, require_count
 from texsynth.losses.base import at_least_float32
 from texsynth.losses.layered import LayeredLoss
 from texsynth.losses.registry import register_loss
@@ -56,13 +58,33 @@ def unit_directions(channels: int, count: int, generator: torch.Generator) -> to
     return directions / directions.norm(dim=0, keepdim=True)
 
 
+#: when new random directions are drawn: before each L-BFGS step (the default: Heitz et al.'s
+#: own code draws them per call of scipy's L-BFGS), at each evaluation (their PyTorch code,
+#: whose L-BFGS has no line search), or once for the run
+RESAMPLE_MODES = ("step", "evaluation", "never")
+
+
+def resample_mode(value: object) -> str:
+    """``resample`` as one of :data:`RESAMPLE_MODES`; True and False are "evaluation" and "never"."""
+    if value is True or value is False:
+        return "evaluation" if value else "never"
+    if value not in RESAMPLE_MODES:
+        raise InvalidArgumentError(
+            f"sliced_wasserstein resample must be one of {', '.join(RESAMPLE_MODES)} (or true/false), got {value!r}"
+        )
+    return str(value)
+
+
 @register_loss("sliced_wasserstein")
 class SlicedWassersteinLoss(LayeredLoss):
     """Σ_l w_l SW²(features_l(output), features_l(exemplar)).
 
     Args:
         num_directions: projections per layer; default: the layer's channel count (Heitz).
-        resample: draw new directions at each evaluation (the paper) or keep one set.
+        resample: when to draw new directions: ``"step"`` (before each L-BFGS step, so the
+            strong-Wolfe line search sees one function within a step; redrawn at every
+            evaluation it saw a different loss at each probe and diverged), ``"evaluation"``
+            (for L-BFGS without a line search, as in the paper's PyTorch code) or ``"never"``.
         seed: seeds the direction generator.
     """
 
@@ -71,27 +93,35 @@ class SlicedWassersteinLoss(LayeredLoss):
         layers: Sequence[str] | None = None,
         layer_weights: float | Sequence[float] | Mapping[str, float] = 1.0,
         num_directions: int | None = None,
-        resample: bool = True,
+        resample: str | bool = "step",
         seed: int = 0,
         relative: bool = False,
         weight: float = 1.0,
     ) -> None:
         super().__init__(layers, layer_weights, relative, weight)
-        self.num_directions = num_directions
-        self.resample = resample
+        self.num_directions = None if num_directions is None else require_count(
+            num_directions, "sliced_wasserstein num_directions")
+        self.resample = resample_mode(resample)
         self.seed = seed
         self._generator = torch.Generator().manual_seed(seed)
         self._fixed: dict[str, torch.Tensor] = {}
-        # with fixed directions the exemplar's sorted projections never change: sorted once per
-        # target tensor (a new exemplar or a move to another device makes a new one)
-        self._sorted_targets: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        # while the directions stay, the exemplar's sorted projections do too: sorted once per
+        # (target tensor, directions) pair (a new exemplar, device or draw makes a new one)
+        self._sorted_targets: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+    def start_step(self) -> None:
+        if self.resample == "step":
+            self._fixed.clear()
 
     def directions(self, name: str, channels: int, device: torch.device) -> torch.Tensor:
-        if not self.resample and name in self._fixed:
-            return self._fixed[name].to(device)
-        directions = unit_directions(channels, self.num_directions or channels, self._generator)
+        kept = self._fixed.get(name)
+        if self.resample != "evaluation" and kept is not None:
+            if kept.device != device:
+                kept = self._fixed[name] = kept.to(device)
+            return kept
+        directions = unit_directions(channels, self.num_directions or channels, self._generator).to(device)
         self._fixed[name] = directions
-        return directions.to(device)
+        return directions
 
     def layer_target(self, name: str, features: torch.Tensor) -> torch.Tensor:
         return at_least_float32(features).detach().clone()
@@ -104,10 +134,10 @@ class SlicedWassersteinLoss(LayeredLoss):
         return sorted_distance(sorted_projections(features, directions), self.sorted_target(name, target, directions))
 
     def sorted_target(self, name: str, target: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
-        if self.resample:
+        if self.resample == "evaluation":
             return sorted_projections(target, directions)
         cached = self._sorted_targets.get(name)
-        if cached is None or cached[0] is not target:
-            cached = (target, sorted_projections(target, directions))
+        if cached is None or cached[0] is not target or cached[1] is not directions:
+            cached = (target, directions, sorted_projections(target, directions))
             self._sorted_targets[name] = cached
-        return cached[1]
+        return cached[2]
