@@ -54,9 +54,14 @@ def test_sigint_saves_image_and_checkpoint_and_resume_matches_an_uninterrupted_r
     assert (tmp_path / "resumed.png").read_bytes() == (tmp_path / "straight.png").read_bytes()
 
 
-def test_resume_in_python_reaches_the_same_image(exemplar, tmp_path):
+@pytest.mark.parametrize("losses", [
+    None,
+    # random directions: the draws after the checkpoint are the uninterrupted run's
+    *({"sliced_wasserstein": {"weight": 1, "resample": mode}} for mode in ("step", "evaluation", "never")),
+])
+def test_resume_in_python_reaches_the_same_image(exemplar, tmp_path, losses):
     def module() -> TextureSynthesis:
-        return TextureSynthesis(exemplar, **TINY_BACKBONE, seed=2, lbfgs={"max_iter": 3})
+        return TextureSynthesis(exemplar, **TINY_BACKBONE, seed=2, lbfgs={"max_iter": 3}, losses=losses)
 
     straight = module()
     fit(straight, 5, logdir=False, progress_bar=False, quiet=True)

@@ -113,6 +113,15 @@ class SlicedWassersteinLoss(LayeredLoss):
         if self.resample == "step":
             self._fixed.clear()
 
+    def get_extra_state(self) -> dict[str, object]:
+        """Saved in checkpoints, so a resumed run draws the directions the uninterrupted one would."""
+        return {"generator": self._generator.get_state(),
+                "directions": {name: tensor.cpu() for name, tensor in self._fixed.items()}}
+
+    def set_extra_state(self, state: dict[str, object]) -> None:
+        self._generator.set_state(state["generator"])
+        self._fixed = dict(state["directions"])
+
     def directions(self, name: str, channels: int, device: torch.device) -> torch.Tensor:
         kept = self._fixed.get(name)
         if self.resample != "evaluation" and kept is not None:
