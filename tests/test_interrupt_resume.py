@@ -130,6 +130,22 @@ def test_a_file_that_is_no_texsynth_checkpoint_gets_a_one_line_reason(exemplar, 
         assert module.num_steps == 0  # refused before any step
 
 
+def test_a_checkpoint_without_a_losss_saved_state_names_the_missing_key(exemplar, tmp_path):
+    """Written before sliced_wasserstein saved its generator: the reason was only "Error(s) in
+    loading state_dict for TextureSynthesis:", the first of torch's lines."""
+    def module() -> TextureSynthesis:
+        return TextureSynthesis(exemplar, **TINY_BACKBONE, seed=0, losses={"sliced_wasserstein": 1})
+
+    checkpoint = tmp_path / "run.ckpt"
+    fit(module(), 1, logdir=False, progress_bar=False, quiet=True, checkpoint=checkpoint, checkpoint_every=1)
+    saved = torch.load(checkpoint, weights_only=False)
+    del saved["state_dict"]["loss_terms.sliced_wasserstein._extra_state"]
+    torch.save(saved, checkpoint)
+    with pytest.raises(CheckpointError, match="Missing key.*sliced_wasserstein") as raised:
+        fit(module(), 2, logdir=False, progress_bar=False, quiet=True, resume=checkpoint)
+    assert "\n" not in str(raised.value)
+
+
 def test_sigterm_stops_at_the_end_of_the_step_with_image_and_checkpoint(exemplar, tmp_path):
     import lightning as L
 

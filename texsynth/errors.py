@@ -101,5 +101,8 @@ def torch_load_failure(error: Exception) -> str:
         return "not a file written by torch.save"
     if "PytorchStreamReader" in message:
         return "corrupt or truncated"
-    lines = message.strip().splitlines()
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    if lines and lines[0].startswith("Error(s) in loading state_dict") and len(lines) > 1:
+        # its first line names no key: say which (a loss's state from another texsynth version)
+        return f"its saved state does not fit this run: {lines[1]}"
     return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
