@@ -144,6 +144,9 @@ def test_a_checkpoint_without_a_losss_saved_state_names_the_missing_key(exemplar
     with pytest.raises(CheckpointError, match="Missing key.*sliced_wasserstein") as raised:
         fit(module(), 2, logdir=False, progress_bar=False, quiet=True, resume=checkpoint)
     assert "\n" not in str(raised.value)
+    with pytest.raises(CheckpointError, match="Missing key.*sliced_wasserstein") as raised:
+        TextureSynthesis.load_from_checkpoint(checkpoint)  # was torch's multi-line RuntimeError
+    assert "\n" not in str(raised.value)
 
 
 def test_sigterm_stops_at_the_end_of_the_step_with_image_and_checkpoint(exemplar, tmp_path):

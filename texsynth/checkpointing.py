@@ -82,7 +82,10 @@ def load_checkpointed_module(cls: type[Any], path: str | os.PathLike, map_locati
         if saved.get("exemplar_file"):
             module.exemplar_file = Path(saved["exemplar_file"])
     module.on_load_checkpoint(checkpoint)  # refuses settings (or an exemplar) other than the checkpoint's
-    module.load_state_dict(checkpoint["state_dict"])
+    try:
+        module.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as error:
+        raise CheckpointError(f"checkpoint {path}: {torch_load_failure(error)}") from None
     with torch.no_grad():  # the image a divergence would restore
         module._last_good_image.copy_(module.image)
     if map_location is not None:
