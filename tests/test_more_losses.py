@@ -155,6 +155,21 @@ def test_histogram_match_gives_exactly_the_target_values_in_the_current_order():
     assert torch.equal(torch.argsort(matched.flatten(2)), torch.argsort(features.flatten(2)))
 
 
+def test_histogram_match_by_one_sort_equals_the_rank_formulation_ties_included():
+    # ReLU features hold many equal zeros; the exemplar quantiles go where the ranks say
+    from texsynth.losses.sliced_wasserstein import match_length
+
+    features = torch.relu(torch.randn(2, 3, 9, 7, generator=torch.Generator().manual_seed(0)))
+    sorted_target = torch.sort(torch.rand(1, 3, 40), dim=-1).values
+    flat = features.flatten(2)
+    ranks = torch.argsort(torch.argsort(flat, dim=-1), dim=-1)
+    expected = torch.gather(match_length(sorted_target, flat.shape[-1]).expand(2, -1, -1), -1, ranks)
+    matched = histogram_match(features, sorted_target).flatten(2)
+    torch.testing.assert_close(torch.sort(matched, dim=-1).values, torch.sort(expected, dim=-1).values)
+    # tied inputs may swap their quantiles, nothing else moves
+    torch.testing.assert_close(matched[flat > 0], expected[flat > 0])
+
+
 def test_histogram_loss_zero_for_any_permutation_of_the_exemplar():
     target = torch.rand(1, 3, 5, 5)
     loss = _bound(HistogramLoss(layers=["f"]), target)
