@@ -103,7 +103,7 @@ def test_the_weight_free_default_warms_up_at_half_size_without_its_coarsest_leve
 
 def test_the_w2_preset_is_the_weight_free_default_with_gaussian_statistics_for_gram(torch_home, no_network,
                                                                                        exemplar):
-    # mean_covariance kept cracks connected and scored lower on all 11 DTD exemplars (one seed)
+    # mean_covariance kept cracks connected and scored lower on all 11 DTD exemplars (seeds 0 and 1)
     from texsynth import synthesize
     from texsynth.presets import get_preset
 

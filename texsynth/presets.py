@@ -232,11 +232,11 @@ WEIGHT_FREE = register_preset(
 
 #: the weight-free default with Gaussian statistics (means and covariances, compared by the
 #: Wasserstein-2 distance: `mean_covariance`) in place of Gram matrices. On the 11 DTD exemplars
-#: at 256x256 (seed 0, the default 8 steps) the geometric mean of the four distances was lower
-#: on all 11 (median 0.82x; patch SWD lower on 9, LBP 10, colour 9, spectrum 3), and cracked
-#: earth kept its cracks connected where Gram terms break them into fragments
-#: (benchmarks/README.md, "Other feature losses"). Not the default: one seed so far, and the
-#: speed measurements of the default were taken with Gram terms.
+#: at 256x256 (the default 8 steps) the geometric mean of the four distances was lower on all 11
+#: with seed 0 and with seed 1 (median 0.82x, 0.78x; the spectrum distance higher on 8), and
+#: cracked earth kept its cracks connected where Gram terms break them into fragments
+#: (benchmarks/README.md, "Other feature losses"). Not the default: it takes 1.39x the time,
+#: and the speed measurements of the default were taken with Gram terms.
 WEIGHT_FREE_W2 = register_preset(
     replace(
         WEIGHT_FREE,
@@ -244,7 +244,7 @@ WEIGHT_FREE_W2 = register_preset(
         description=(
             "the weight_free preset with mean_covariance (Wasserstein-2 between Gaussian fits of "
             "each level's features) in place of its Gram terms: more connected cracks and "
-            "networks, lower distances on the DTD exemplars measured (one seed)"
+            "networks, lower distances on the DTD exemplars measured; 1.4x the time"
         ),
         losses={"mean_covariance": {"weight": 1.0},
                 **{name: options for name, options in WEIGHT_FREE.losses.items() if name != "gram"}},
