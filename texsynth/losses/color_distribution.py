@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from texsynth.errors import InvalidArgumentError
+from texsynth.errors import require_count
 from texsynth.losses.base import Features, TextureLoss
 from texsynth.losses.registry import register_loss
 from texsynth.losses.sliced_wasserstein import sorted_distance, sorted_projections, unit_directions
@@ -35,11 +35,7 @@ class ColorDistributionLoss(TextureLoss):
 
     def __init__(self, num_directions: int = 16, seed: int = 0, weight: float = 1.0) -> None:
         super().__init__(weight)
-        if isinstance(num_directions, bool) or not isinstance(num_directions, int) or num_directions < 1:
-            raise InvalidArgumentError(
-                f"color_distribution num_directions must be an integer >= 1, got {num_directions!r}"
-            )
-        self.num_directions = num_directions
+        self.num_directions = require_count(num_directions, "color_distribution num_directions")
         self.seed = seed
         directions = unit_directions(3, num_directions, torch.Generator().manual_seed(seed))
         self.register_buffer("directions", directions, persistent=False)
