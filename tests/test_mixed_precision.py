@@ -3,11 +3,14 @@ the same code path runs under CUDA autocast)."""
 
 from __future__ import annotations
 
+import logging
+import warnings
+
 import torch
 
 from conftest import TINY_BACKBONE
 from texsynth import TextureSynthesis
-from texsynth.api import fit
+from texsynth.api import fit, synthesize
 from texsynth.losses.gram import gram_matrix
 
 
@@ -97,3 +100,20 @@ def test_16_bit_true_precisions_are_refused_with_the_mixed_ones_named(exemplar):
     with pytest.raises(InvalidArgumentError, match="use bf16-mixed or 16-mixed"):
         trainer.fit(module)
     assert module.num_evals == 0
+
+
+def test_16_mixed_on_a_cpu_runs_as_bf16_mixed_and_texsynth_says_so_once(exemplar, caplog):
+    options = dict(steps=1, size=32, seed=0, coarse_levels=1, coarse_steps=1, accelerator="cpu", quiet=True,
+                   progress_bar=False, **TINY_BACKBONE)
+    logger = logging.getLogger("texsynth")
+    logger.addHandler(caplog.handler)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            half = synthesize(exemplar, precision="16-mixed", **options)  # two Trainers: coarse and full size
+    finally:
+        logger.removeHandler(caplog.handler)
+    said = [record.getMessage() for record in caplog.records if "16-mixed" in record.getMessage()]
+    assert len(said) == 1 and "bf16-mixed" in said[0]
+    assert not [warning for warning in caught if "fp16" in str(warning.message)]  # Lightning's, once per Trainer
+    assert torch.equal(half.image, synthesize(exemplar, precision="bf16-mixed", **options).image)

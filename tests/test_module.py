@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import warnings
+
+import lightning as L
 import pytest
 import torch
 from torch import nn
@@ -30,6 +33,33 @@ def test_a_plain_user_module_backbone_is_frozen_too(exemplar):
     assert [p is module.image for p in module.parameters()] == [True]
     fit(module, 1, logdir=False, progress_bar=False, quiet=True)
     assert all(b.grad is None for b in user_net.buffers())
+
+
+def _warnings_of_a_plain_trainer_fit(module: TextureSynthesis) -> list[str]:
+    trainer = L.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        filters = list(warnings.filters)
+        trainer.fit(module)
+        assert warnings.filters == filters  # the fit's own filter is gone again
+    return [str(warning.message) for warning in caught]
+
+
+def test_a_plain_trainer_does_not_warn_about_the_frozen_backbone_being_in_eval_mode(exemplar):
+    module = _module(exemplar)
+    assert not module.backbone.training
+    messages = _warnings_of_a_plain_trainer_fit(module)
+    assert module.num_steps == 1
+    assert not [message for message in messages if "eval mode" in message]
+
+
+def test_any_other_module_in_eval_mode_is_still_reported_by_lightning(exemplar):
+    module = _module(exemplar)
+    module.user_head = nn.Dropout().eval()
+    messages = _warnings_of_a_plain_trainer_fit(module)
+    in_eval = sum(not submodule.training for submodule in module.modules())
+    assert f"Found {in_eval} module(s) in eval mode at the start of training." in " ".join(messages)
 
 
 def test_steps_run_lbfgs_inner_iterations_with_zero_grad_inside_the_closure(exemplar, monkeypatch):

@@ -28,7 +28,7 @@ from texsynth.module import TextureSynthesis
 from texsynth.multiscale import (CoarseSchedule, coarse_to_fine_start, require_coarse_layers, require_coarse_starts,
                                  require_coarse_steps)
 from texsynth.presets import DEFAULT_STEPS, LBFGS_DEFAULTS
-from texsynth.trainer import DEFAULT_LOGDIR, make_trainer, one_device, planned_device
+from texsynth.trainer import DEFAULT_LOGDIR, make_trainer, one_device, planned_device, resolve_cpu_precision
 
 _LIGHTNING_LOGGERS = ("lightning.pytorch", "lightning.fabric", "lightning")
 #: options of ``synthesize`` that ``batch`` sets for every item itself
@@ -242,6 +242,7 @@ def synthesize(
         require_folder_accepts_files(logdir, "logdir")
     devices = one_device(devices)
     device = planned_device(accelerator, devices)
+    precision = resolve_cpu_precision(precision, accelerator)
     if coarse.levels and resume is None and device is not None:
         # the full size needs the most memory: refuse it before its coarse stages run, not after
         check_memory(module, device, allow_checkpointing=module.checkpointing is None)

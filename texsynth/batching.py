@@ -37,7 +37,7 @@ from texsynth.manifest import DONE, FAILED, INTERRUPTED, MANIFEST_NAME, Manifest
 from texsynth.multiscale import CoarseSchedule
 from texsynth.presets import DEFAULT_STEPS
 from texsynth.recipe import default_preset_name, resolve_preset, resolve_recipe
-from texsynth.trainer import lightning_settings
+from texsynth.trainer import lightning_settings, resolve_cpu_precision
 
 #: file suffixes taken as exemplars; anything else in the source folder is ignored.
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
@@ -292,6 +292,7 @@ def batch(
     # a fresh machine this also fetches ImageNet weights once, before the processes start
     resolve_recipe(**{key: module_options.get(key) for key in ("preset", "backbone", "backbone_options", "weights",
                                                                "losses")})
+    precision = resolve_cpu_precision(precision, accelerator)
     job = _Job(source, out, variations, steps, seed, str(logdir) if logdir else None, log_images_every,
                precision, progress, progress_interval, checkpoint_every, module_options)
     # the precision is checked here, once, on the devices the items will run on

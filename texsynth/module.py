@@ -15,6 +15,8 @@ import hashlib
 import math
 import os
 import random
+import re
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torch import nn
 
 from texsynth._logging import log
@@ -160,6 +163,7 @@ class TextureSynthesis(L.LightningModule):
         self.exemplar_digest = hashlib.sha256(exemplar_tensor.numpy().tobytes()).hexdigest()[:16]
         self.image = nn.Parameter(self._new_image())
         self._optimizer: torch.optim.LBFGS | None = None
+        self._warning_filter: tuple[Any, ...] | None = None  # see _hide_frozen_backbone_warning
         self._targets_device: torch.device | None = None
         self.num_evals = 0
         self.num_steps = 0
@@ -432,6 +436,28 @@ class TextureSynthesis(L.LightningModule):
                 f"L-BFGS's steps; use bf16-mixed or 16-mixed (the image and losses stay float32)")
         check_memory(self, self.image.device, allow_checkpointing=self.checkpointing is None)
         self._ensure_targets()
+        self._hide_frozen_backbone_warning()
+
+    def on_train_start(self) -> None:
+        self._restore_warning_filters()
+
+    def teardown(self, stage: str) -> None:
+        self._restore_warning_filters()
+
+    def _hide_frozen_backbone_warning(self) -> None:
+        """Silence Lightning's "module(s) in eval mode" warning for this fit when the frozen
+        backbone is all it would count: that backbone is in eval mode on purpose. Any other
+        module in eval mode changes the count, and the warning shows."""
+        in_eval = sum(not module.training for module in self.modules())
+        if in_eval and in_eval == sum(not module.training for module in self.backbone.modules()):
+            message = re.escape(f"Found {in_eval} module(s) in eval mode at the start of training.")
+            warnings.filterwarnings("ignore", message=message, category=PossibleUserWarning)
+            self._warning_filter = warnings.filters[0]
+
+    def _restore_warning_filters(self) -> None:
+        entry, self._warning_filter = self._warning_filter, None
+        if entry is not None and entry in warnings.filters:
+            warnings.filters.remove(entry)
 
     def training_step(self, batch: Any, batch_idx: int) -> None:
         if self.diverged:  # a diverged run stops; a later fit must call reset_image()

@@ -15,6 +15,7 @@ import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from texsynth._logging import log
 from texsynth.allocator import keep_freed_memory_policy
 from texsynth.callbacks import DeterministicOnGPU, KeepFreedMemory, MatmulPrecision, TensorBoardImages
 from texsynth.checkpointing import AtomicCheckpointIO
@@ -30,7 +31,6 @@ _IRRELEVANT_WARNINGS = (
     r".*Trying to infer the `batch_size`.*",
     r".*smaller than the logging interval.*",
     r".*`training_step` returned `None`.*",
-    r".*module\(s\) in eval mode.*",  # the frozen backbone is in eval mode on purpose
     r".*isinstance\(treespec, LeafSpec\).*",  # raised inside Lightning, not actionable here
     r".*dataloader is not resumable.*",  # the "batches" are step indices; the module restores its own state
 )
@@ -64,6 +64,7 @@ def make_trainer(
     require_count(steps, "steps")
     require_count(log_images_every, "log_images_every")
     devices = one_device(devices)
+    precision = resolve_cpu_precision(precision, accelerator)
     logger: TensorBoardLogger | bool = False
     extra: list[L.Callback] = [] if matmul_precision is None else [MatmulPrecision(matmul_precision)]
     if keep_freed_memory_policy() != "never":
@@ -122,13 +123,27 @@ def planned_device(accelerator: Any, devices: Any) -> torch.device | None:
     forked, which CUDA forbids once this process has touched it."""
     if not (devices == 1 or (isinstance(devices, (list, tuple)) and len(devices) == 1)):
         return None
-    cuda = torch.cuda.is_available()
-    if accelerator == "cpu" or (accelerator == "auto" and not cuda and not torch.backends.mps.is_available()):
+    if runs_on_cpu(accelerator):
         return torch.device("cpu")
-    if accelerator in ("auto", "gpu", "cuda") and cuda:
+    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
         index = devices[0] if isinstance(devices, (list, tuple)) and devices else 0
         return torch.device("cuda", int(index))
     return None
+
+
+def runs_on_cpu(accelerator: Any) -> bool:
+    """Whether Lightning will run ``accelerator`` on the CPU."""
+    return accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available()
+                                    and not torch.backends.mps.is_available())
+
+
+def resolve_cpu_precision(precision: Any, accelerator: Any) -> Any:
+    """``"16-mixed"`` on a CPU becomes ``"bf16-mixed"``, as Lightning would make it, said once by
+    texsynth: Lightning says it with a source path for every Trainer (a coarse stage, each batch item)."""
+    if str(precision) in ("16-mixed", "16") and runs_on_cpu(accelerator):
+        log.warning("precision %r: float16 autocast is not supported on CPU; using 'bf16-mixed'", precision)
+        return "bf16-mixed"
+    return precision
 
 
 #: precisions that would store the image itself in 16 bits (Lightning's "-true" ones convert
