@@ -26,6 +26,7 @@ from texsynth.batching import (
 from texsynth.errors import InvalidArgumentError, TexsynthError
 from texsynth.examples import load_example
 from texsynth.image_io import save_image
+from texsynth.losses import GramLoss
 from texsynth.manifest import Manifest
 
 TINY = {**TINY_BACKBONE, "size": 24, "lbfgs": {"max_iter": 2}}
@@ -168,6 +169,15 @@ def test_a_rerun_with_other_settings_is_refused_instead_of_calling_old_results_i
     assert (out / "manifest.jsonl").read_text() == manifest_before
     with Image.open(out / "bricks.png") as image:
         assert image.size == (24, 24)
+
+
+def test_a_rerun_with_a_loss_object_of_other_options_is_refused_too(tmp_path):
+    """Loss objects were recorded by type name only: GramLoss on other layers was "all done"."""
+    src, out = _source(tmp_path / "src", names=("bricks",), corrupt=False), tmp_path / "out"
+    _run(src, out, losses=[GramLoss(layers=["relu3"])])
+    assert _run(src, out, losses=[GramLoss(layers=["relu3"])]).to_do == 0  # a new object, the same loss
+    with pytest.raises(InvalidArgumentError, match=r"holds results made with other settings \(losses "):
+        _run(src, out, losses=[GramLoss(layers=["relu5"])])
 
 
 def test_variations_are_separate_items_with_their_own_seeds(tmp_path):

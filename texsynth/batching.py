@@ -33,7 +33,9 @@ from texsynth._logging import log
 from texsynth.callbacks import MatmulPrecision, stopping_callbacks
 from texsynth.errors import CheckpointError, InvalidArgumentError, TexsynthError, require_count
 from texsynth.image_io import parse_size, require_folder_accepts_files, require_writable_folder
+from texsynth.losses import TextureLoss
 from texsynth.manifest import DONE, FAILED, INTERRUPTED, MANIFEST_NAME, Manifest
+from texsynth.module import loss_config
 from texsynth.multiscale import CoarseSchedule
 from texsynth.presets import DEFAULT_STEPS
 from texsynth.recipe import default_preset_name, resolve_preset, resolve_recipe
@@ -225,8 +227,13 @@ class _Job:
             shaping[key] = parse_size(shaping.get(key), key)
         shaping = {key: value for key, value in shaping.items()  # unset is unset, however it was left out
                    if value is not None and key not in NOT_SHAPING}
-        # objects (a TextureLoss instance) by type name: their repr holds an address, new every run
-        return json.loads(json.dumps(shaping, sort_keys=True, default=lambda value: type(value).__name__))
+        # a loss object as a resumed checkpoint compares it (type and shaping options); other objects
+        # (a backbone module) by type name: their repr holds an address, new every run
+        return json.loads(json.dumps(shaping, sort_keys=True, default=_object_settings))
+
+
+def _object_settings(value: Any) -> Any:
+    return loss_config(value) if isinstance(value, TextureLoss) else type(value).__name__
 
 
 def batch(

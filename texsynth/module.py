@@ -190,7 +190,7 @@ class TextureSynthesis(L.LightningModule):
             "size": list(self.output_size),
             "preset": self.preset.name,
             "backbone": self.backbone_name,
-            "losses": {name: _loss_config(loss) for name, loss in self.loss_terms.items()},
+            "losses": {name: loss_config(loss) for name, loss in self.loss_terms.items()},
             "init": self.init_kind,
             "seed": self.seed,
             "variations": self.variations,
@@ -552,7 +552,7 @@ def _check_lbfgs(options: Mapping[str, Any]) -> None:
         )
 
 
-def _loss_config(loss: nn.Module) -> dict[str, Any]:
+def loss_config(loss: nn.Module) -> dict[str, Any]:
     """How a loss was made, as compared when resuming: its registry name and every option it
     was built with; for a loss passed as an object, its type and the attributes that shape it."""
     spec = getattr(loss, "spec", None)
