@@ -150,3 +150,10 @@ def test_determinism_compares_two_same_seed_runs_per_setting():
     rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| weight_free | 32 |")]
     assert [row[2].strip() for row in rows] == ["off", "on"]
     assert all(row[3].strip() == "True" for row in rows)  # CPU kernels are deterministic either way
+
+
+def test_loss_cost_prints_one_row_per_feature_loss():
+    out = _run("loss_cost.py", "--sizes", "24", "--repeats", "1", "--evals", "1")
+    rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| ") and "| 24 |" in line]
+    assert [row[0].strip() for row in rows] == ["gram", "mean_covariance", "histogram", "sliced_wasserstein"]
+    assert rows[0][4].strip() == "1.00x" and all(float(row[2]) > 0 for row in rows)

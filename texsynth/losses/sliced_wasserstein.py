@@ -19,13 +19,14 @@ from texsynth.errors import InvalidArgumentError, require_count
 from texsynth.losses.base import at_least_float32
 from texsynth.losses.layered import LayeredLoss
 from texsynth.losses.registry import register_loss
+from texsynth.losses.sorting import sort_last
 
 
 def sorted_projections(features: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
     """``(B, C, h, w)`` features on ``(C, D)`` directions -> ``(B, D, h·w)`` sorted values."""
     flat = at_least_float32(features).flatten(2)  # (B, C, N)
     projected = torch.einsum("bcn,cd->bdn", flat, directions.to(flat.dtype))
-    return torch.sort(projected, dim=-1).values
+    return sort_last(projected)
 
 
 def match_length(sorted_values: torch.Tensor, length: int) -> torch.Tensor:
