@@ -255,8 +255,10 @@ def test_loss_option_parsing_never_crashes(text):
     from texsynth.recipe import parse_loss_argument
 
     try:
-        name, weight = parse_loss_argument(text)
+        name, options = parse_loss_argument(text)
     except InvalidArgumentError as error:
         assert "--loss" in str(error)
     else:
-        assert name and weight >= 0 and weight == weight
+        assert name and len(options) == 1
+        weight = options.get("weight", 0.0)
+        assert weight >= 0 and weight == weight

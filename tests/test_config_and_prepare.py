@@ -30,6 +30,39 @@ def test_a_written_config_reproduces_the_run(tmp_path, capsys):
     assert third.read_bytes() != first.read_bytes()
 
 
+def test_loss_options_on_the_command_line_merge_over_the_preset_and_a_config(tmp_path):
+    first = tmp_path / "first.png"
+    assert main(["synthesize", "weave", "-o", str(first), *RUN, "--loss", "spectrum.mode=luminance",
+                 "--loss", "sliced_wasserstein=0.5", "--loss", "sliced_wasserstein.num_directions=4",
+                 "--loss", "gram.layers=[level0, level1]"]) == 0
+    losses = dict(yaml.safe_load((tmp_path / "first.texsynth.yaml").read_text())["losses"])
+    assert losses["spectrum"] == {"mode": "luminance", "reduction": "mean", "weight": 1.0}  # the preset's weight
+    assert losses["sliced_wasserstein"]["num_directions"] == 4 and losses["sliced_wasserstein"]["weight"] == 0.5
+    assert losses["sliced_wasserstein"]["relative"] is True  # the preset's default for an added loss
+    assert losses["gram"]["layers"] == ["level0", "level1"] and losses["gram"]["relative"] is True
+    second = tmp_path / "second.png"  # over the written config's list of losses
+    assert main(["synthesize", "--config", str(tmp_path / "first.texsynth.yaml"), "-o", str(second),
+                 "--loss", "spectrum.mode=color", "--loss", "sliced_wasserstein=0"]) == 0
+    losses = dict(yaml.safe_load((tmp_path / "second.texsynth.yaml").read_text())["losses"])
+    assert losses["spectrum"]["mode"] == "color" and "sliced_wasserstein" not in losses
+    assert losses["gram"]["layers"] == ["level0", "level1"]
+
+
+@pytest.mark.parametrize(
+    "loss, message",
+    [("spectrum.nope=1", "loss 'spectrum': SpectrumLoss.__init__() got an unexpected keyword argument 'nope'"),
+     ("spectrum.=1", "expected NAME=WEIGHT or NAME.OPTION=VALUE"),
+     ("spectrum.mode=[a", "value '[a' is not a YAML value"),
+     ("spectrum.weight=heavy", "weight 'heavy' is not a number"),
+     ("spectrum.mode=bogus", "spectrum mode must be one of")],
+)
+def test_bad_loss_options_are_one_line_errors(tmp_path, capsys, loss, message):
+    assert main(["synthesize", "weave", "-o", str(tmp_path / "x.png"), *RUN, "--loss", loss]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "x.png").exists()
+
+
 @pytest.mark.parametrize(
     "content, message",
     [("steps: 2\nbogus: 1\n", "unknown key(s) bogus"), ("- a\n- b\n", "expected a mapping"), ("a: [b\n", "not a readable YAML"),

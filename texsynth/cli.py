@@ -96,7 +96,8 @@ def _add_synthesis_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--backbone", help="backbone name (default: vgg19 if its weights are cached, else weight-free)")
     command.add_argument("--weights", help="backbone weights: 'imagenet', 'random' or a state-dict path")
     command.add_argument("--loss", action="append", default=[], metavar="NAME=WEIGHT",
-                         help="set a loss weight (adds the loss if new, 0 removes it); repeatable")
+                         help="set a loss weight (adds the loss if new, 0 removes it), or one of its options: "
+                              "NAME.OPTION=VALUE (e.g. spectrum.mode=luminance); repeatable")
     command.add_argument("--preset", help="named recipe, e.g. liu2016 (see `texsynth list`)")
     command.add_argument("--init", help="starting image: sigmoid, uniform, gaussian, random_phase (default: the preset's)")
     command.add_argument("--coarse-levels", type=int, metavar="K",
@@ -226,7 +227,7 @@ _CONFIG_SIZES = ("size", "exemplar_size")
 
 def _recipe_options(args: argparse.Namespace) -> dict[str, object]:
     """Check the shared synthesis options; return the module's recipe keywords."""
-    from texsynth.recipe import merge_loss_weights, parse_loss_argument
+    from texsynth.recipe import loss_settings, merge_loss_settings
 
     extras = getattr(args, "config_extras", {})
     _import_plugins(args.imports)
@@ -249,7 +250,7 @@ def _recipe_options(args: argparse.Namespace) -> dict[str, object]:
         require_open_fraction(args.stop_when_stalled, "--stop-when-stalled must be a fraction in (0, 1)")
     if args.max_copy_score is not None:
         require_open_fraction(args.max_copy_score, "--max-copy-score must be in (0, 1)")
-    weights_given = dict(parse_loss_argument(text) for text in args.loss)
+    losses_given = loss_settings(args.loss)
     lbfgs = dict(extras.get("lbfgs") or {})
     if args.max_iter:
         lbfgs["max_iter"] = args.max_iter
@@ -258,7 +259,7 @@ def _recipe_options(args: argparse.Namespace) -> dict[str, object]:
         "exemplar_size": args.exemplar_size,
         "backbone": args.backbone,
         "weights": args.weights,
-        "losses": merge_loss_weights(extras.get("losses"), weights_given),
+        "losses": merge_loss_settings(extras.get("losses"), losses_given),
         "preset": args.preset,
         "init": args.init,
         "tile": args.tile,

@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Union
 
+import yaml
 from torch import nn
 
 from texsynth._logging import log
@@ -199,43 +200,68 @@ def _from_item(item: Any) -> tuple[str, TextureLoss]:
     raise InvalidArgumentError(f"cannot make a loss from {item!r}")
 
 
-def merge_loss_weights(spec: LossSpec, weights: Mapping[str, float]) -> LossSpec:
-    """Apply ``--loss NAME=WEIGHT`` settings to a loss spec from a config file.
+def merge_loss_settings(spec: LossSpec, settings: Mapping[str, Mapping[str, Any]]) -> LossSpec:
+    """Apply ``--loss`` settings (``{name: {option: value}}``, the weight among them) to a loss
+    spec from a config file.
 
-    A sequence ``[[name, options], …]`` gets the weight of each named entry replaced (0
-    removes it; a new name is appended); a mapping or no spec is merged as a mapping.
+    A sequence ``[[name, options], …]`` gets each named entry's options updated (weight 0
+    removes it; a new name is appended); a mapping or no spec is merged as a mapping, so a loss
+    of the preset keeps its other options.
     """
-    if not weights:
+    if not settings:
         return spec
     if spec is None or isinstance(spec, Mapping):
-        return {**dict(spec or {}), **weights}
-    merged, seen = [], set()
+        merged: dict[str, Any] = dict(spec or {})
+        for name, options in settings.items():
+            known = merged.get(name)
+            base = dict(known) if isinstance(known, Mapping) else ({} if known is None else {"weight": known})
+            merged[name] = {**base, **options}
+        return merged
+    merged_items, seen = [], set()
     for item in spec:
         name, options = (item[0], dict(item[1]) if isinstance(item[1], Mapping) else {"weight": item[1]}) \
             if isinstance(item, (list, tuple)) else (item, {})
-        if name in weights:
+        if name in settings:
             seen.add(name)
-            if weights[name] == 0:
+            options.update(settings[name])
+            if options.get("weight") == 0:
                 continue
-            options["weight"] = weights[name]
-        merged.append([name, options])
-    merged.extend([name, {"weight": w}] for name, w in weights.items() if name not in seen and w != 0)
-    return merged
+        merged_items.append([name, options])
+    merged_items.extend([name, dict(options)] for name, options in settings.items()
+                        if name not in seen and options.get("weight") != 0)
+    return merged_items
 
 
-def parse_loss_argument(text: str) -> tuple[str, float]:
-    """``"gram=1e9"`` to ``("gram", 1e9)``, for ``--loss NAME=WEIGHT``."""
-    name, sep, value = text.partition("=")
-    name = name.strip()
-    if not sep or not name or not value.strip():
-        raise InvalidArgumentError(f"--loss {text!r}: expected NAME=WEIGHT, e.g. gram=1")
+def parse_loss_argument(text: str) -> tuple[str, dict[str, Any]]:
+    """One ``--loss``: ``"gram=1e9"`` is ``("gram", {"weight": 1e9})``, and
+    ``"spectrum.mode=luminance"`` is ``("spectrum", {"mode": "luminance"})``: an option's value
+    is read as YAML (``64``, ``true``, ``[relu1_1, pool1]``), as in a config file."""
+    key, sep, value = text.partition("=")
+    name, dot, option = (part.strip() for part in key.partition("."))
+    if not sep or not name or not value.strip() or (dot and not option.isidentifier()):
+        raise InvalidArgumentError(
+            f"--loss {text!r}: expected NAME=WEIGHT or NAME.OPTION=VALUE, e.g. gram=1 or spectrum.mode=luminance")
+    if dot and option != "weight":
+        try:
+            return name, {option: yaml.safe_load(value)}
+        except yaml.YAMLError:
+            raise InvalidArgumentError(f"--loss {text!r}: value {value!r} is not a YAML value") from None
     try:
         weight = float(value)
     except ValueError:
         raise InvalidArgumentError(f"--loss {text!r}: weight {value!r} is not a number") from None
     if not math.isfinite(weight) or weight < 0:
         raise InvalidArgumentError(f"--loss {text!r}: weight must be finite and >= 0")
-    return name, weight
+    return name, {"weight": weight}
+
+
+def loss_settings(arguments: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Every ``--loss`` argument, gathered per loss (a later value of an option wins)."""
+    settings: dict[str, dict[str, Any]] = {}
+    for text in arguments:
+        name, options = parse_loss_argument(text)
+        settings.setdefault(name, {}).update(options)
+    return settings
 
 
 def _snake(name: str) -> str:
