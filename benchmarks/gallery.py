@@ -3,6 +3,7 @@
     python benchmarks/gallery.py                      # docs/gallery.png, default recipe, 256x256
     python benchmarks/gallery.py --preset vgg19       # with ImageNet weights, if you have them
     python benchmarks/gallery.py --only-larger        # docs/larger.png only
+    python benchmarks/gallery.py --only-cropped       # docs/cropped.png only
 """
 
 from __future__ import annotations
@@ -28,14 +29,19 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "gallery.png")
     parser.add_argument("--tiling-output", type=Path, default=ROOT / "docs" / "tiling.png")
     parser.add_argument("--larger-output", type=Path, default=ROOT / "docs" / "larger.png")
+    parser.add_argument("--cropped-output", type=Path, default=ROOT / "docs" / "cropped.png")
     parser.add_argument("--only-tiling", action="store_true")
     parser.add_argument("--only-larger", action="store_true")
+    parser.add_argument("--only-cropped", action="store_true")
     args = parser.parse_args()
-    if not args.only_larger:
+    only = args.only_tiling or args.only_larger or args.only_cropped
+    if args.only_tiling or not only:
         tiling_figure(args)
-    if not args.only_tiling:
+    if args.only_larger or not only:
         larger_figure(args)
-    if args.only_tiling or args.only_larger:
+    if args.only_cropped or not only:
+        cropped_figure(args)
+    if only:
         return
 
     pairs = []
@@ -105,6 +111,30 @@ def larger_figure(args: argparse.Namespace) -> None:
     args.larger_output.parent.mkdir(parents=True, exist_ok=True)
     figure.save(args.larger_output)
     print(f"wrote {args.larger_output}")
+
+
+def cropped_figure(args: argparse.Namespace) -> None:
+    """A periodic exemplar at 1.56x its size: 128x128 `bricks` | a 200x200 tile (``tile=True``) |
+    200x200 as texsynth makes it by default (cut from a 256x256 tile)."""
+    from texsynth.metrics import texture_metrics
+
+    size, gap, label = 200, 6, 18
+    figure = Image.new("RGB", (128 + 2 * size + 2 * gap, size + label), "white")
+    ImageDraw.Draw(figure).text((2, 2), "bricks 128x128 | 200x200, tile=True | 200x200, default (cut from 256x256)",
+                                fill="black")
+    for column, tile in enumerate((True, None)):
+        result = texsynth.synthesize("bricks", exemplar_size=128, size=size, steps=args.steps, preset=args.preset,
+                                     seed=args.seed, tile=tile)
+        exemplar = result.module.exemplar[0].clamp(0, 1)
+        metrics = {name: round(float(value), 4) for name, value in texture_metrics(result.image, exemplar).items()}
+        print(f"bricks 128 -> 200, tile={tile}: image {result.module.image_size}, {result.seconds:.0f} s, "
+              f"{result.evals} evaluations, {metrics}", flush=True)
+        if column == 0:
+            figure.paste(to_pil(exemplar), (0, label))
+        figure.paste(to_pil(result.image), (128 + gap + column * (size + gap), label))
+    args.cropped_output.parent.mkdir(parents=True, exist_ok=True)
+    figure.save(args.cropped_output)
+    print(f"wrote {args.cropped_output}")
 
 
 if __name__ == "__main__":

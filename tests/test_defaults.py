@@ -93,12 +93,12 @@ def test_the_weight_free_default_warms_up_at_half_size_without_its_coarsest_leve
         return real_fit(module, steps, **options)
 
     monkeypatch.setattr(api, "fit", recording_fit)
-    result = synthesize(exemplar, size=48, steps=1, seed=0, accelerator="cpu", lbfgs={"max_iter": 2})
+    result = synthesize(exemplar, size=64, steps=1, seed=0, accelerator="cpu", lbfgs={"max_iter": 2})
     assert result.module.preset.name == "weight_free"
-    assert runs == [((24, 24), 4, ["level0", "level1"]), ((48, 48), 1, ["level0", "level1", "level2"])]
+    assert runs == [((32, 32), 4, ["level0", "level1"]), ((64, 64), 1, ["level0", "level1", "level2"])]
     runs.clear()
-    synthesize(exemplar, size=48, steps=1, seed=0, accelerator="cpu", lbfgs={"max_iter": 2}, coarse_levels=0)
-    assert [size for size, _, _ in runs] == [(48, 48)]
+    synthesize(exemplar, size=64, steps=1, seed=0, accelerator="cpu", lbfgs={"max_iter": 2}, coarse_levels=0)
+    assert [size for size, _, _ in runs] == [(64, 64)]
 
 
 def test_the_w2_preset_is_the_weight_free_default_with_gaussian_statistics_for_gram(torch_home, no_network,

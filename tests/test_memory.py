@@ -51,7 +51,10 @@ def test_an_image_too_large_for_memory_is_refused_before_it_is_allocated(exempla
     monkeypatch.setattr("texsynth.module.initial_image", lambda *args: allocations.append(args))
     with pytest.raises(InvalidArgumentError, match=r"output size 64x64 \(x2\): its image alone needs"):
         TextureSynthesis(exemplar, **TINY_BACKBONE, size=64, variations=2, seed=0)
-    with pytest.raises(InvalidArgumentError, match=r"output size 80x64 \(x1\)"):
+    with pytest.raises(InvalidArgumentError, match=r"output size 96x64 \(x1\): its image"):
+        TextureSynthesis(exemplar, **TINY_BACKBONE, size=(64, 96), seed=0)
+    # the periodic exemplar's 80x64 output is cut from a 96x64 tile, which is what must fit
+    with pytest.raises(InvalidArgumentError, match=r"output size 80x64 \(x1\) \(cut from a 96x64 tile\): its image"):
         TextureSynthesis(exemplar, **TINY_BACKBONE, size=(64, 80), seed=0)
     assert allocations == []
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -169,10 +170,46 @@ def test_the_cli_tiles_larger_outputs_unless_told_not_to(tmp_path, capsys):
 
     for flag, expected in (([], True), (["--no-tile"], False)):
         out = tmp_path / f"out{len(flag)}.png"
-        code = main(["synthesize", "bricks", "--exemplar-size", "32", "-o", str(out), "--size", "48", "--steps", "1",
+        code = main(["synthesize", "bricks", "--exemplar-size", "32", "-o", str(out), "--size", "64", "--steps", "1",
                      "--max-iter", "2", "--backbone", "random_pyramid", "--no-log", "--no-progress", *flag])
         assert code == 0, capsys.readouterr().err
         assert read_config(out.with_name(f"{out.stem}.texsynth.yaml"))["tile"] is expected
+
+
+def test_a_periodic_exemplar_at_a_size_that_is_no_multiple_of_its_own_is_cut_from_a_tile_that_is(exemplar):
+    """bricks 256 -> 400 as a 400x400 tile: a band of faded, cross-hatched rows (the period cannot
+    repeat a whole number of times around it); cut from a 512x512 tile: regular rows."""
+    result = synthesize(exemplar, size=(40, 48), steps=2, seed=0, lbfgs={"max_iter": 3}, **TINY_BACKBONE)
+    module = result.module
+    assert module.image_size == (64, 64) and module.output_size == (40, 48)
+    assert module.image.shape == (1, 3, 64, 64) and result.image.shape == (3, 40, 48)
+    assert torch.equal(result.image, module.image.detach()[0, :, :40, :48].clamp(0, 1))
+    assert module.tile is True and module.tile_option is None and module.hparams["image_size"] == [64, 64]
+    again = TextureSynthesis(exemplar, **module.rebuild_options()[0])  # as load_from_checkpoint builds it
+    assert again.image_size == (64, 64) and again.output_size == (40, 48)
+    # asked for explicitly, a tile is made at the size given; a stochastic exemplar needs no crop
+    assert TextureSynthesis(exemplar, **TINY_BACKBONE, size=(40, 48), tile=True, seed=0).image_size == (40, 48)
+    assert TextureSynthesis(exemplar, **TINY_BACKBONE, size=(40, 48), tile=False, seed=0).image_size == (40, 48)
+    cracks = load_example("cracks", size=64)
+    assert TextureSynthesis(cracks, **TINY_BACKBONE, size=100, seed=0).image_size == (100, 100)
+
+
+def test_a_cropped_output_is_saved_at_its_size_and_its_run_repeats_from_its_config(tmp_path, caplog):
+    out = tmp_path / "bricks.png"
+    run = ["--exemplar-size", "32", "--size", "40x48", "--steps", "1", "--max-iter", "2", "--backbone",
+           "random_pyramid", "--no-log", "--no-progress"]
+    logger = logging.getLogger("texsynth")
+    logger.addHandler(caplog.handler)
+    try:
+        assert main(["synthesize", "bricks", "-o", str(out), *run]) == 0
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert "40x48 is not a whole multiple of its 32x32: optimizing a 64x64 tile and cropping it" in caplog.text
+    with Image.open(out) as image:
+        assert image.size == (40, 48)
+    again = tmp_path / "again.png"
+    assert main(["synthesize", "--config", str(tmp_path / "bricks.texsynth.yaml"), "-o", str(again)]) == 0
+    assert again.read_bytes() == out.read_bytes()
 
 
 @pytest.mark.parametrize(("pad_h", "pad_w"), [(2, 3), (5, 9)])

@@ -13,7 +13,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from texsynth._logging import log
 from texsynth.allocator import kept_memory_for_run
 from texsynth.errors import InvalidArgumentError
-from texsynth.metrics.functional import copy_score
+from texsynth.metrics.functional import copy_score, self_similarity
 
 #: cuBLAS reads its workspace layout from this variable; deterministic products need one set
 CUBLAS_WORKSPACE_CONFIG = "CUBLAS_WORKSPACE_CONFIG"
@@ -116,9 +116,10 @@ class StopBeforeCopying(L.Callback):
         if pl_module.diverged or pl_module.num_steps == 0:
             return
         exemplar = pl_module.exemplar[0].float()
+        height, width = pl_module.output_size  # what is delivered (a crop of a larger image, maybe)
         with torch.no_grad():
-            score = max(float(copy_score(pl_module.image[index].detach().float().clamp(0, 1), exemplar))
-                        for index in range(pl_module.image.shape[0]))
+            score = max(float(copy_score(image[:, :height, :width].float().clamp(0, 1), exemplar))
+                        for image in pl_module.image.detach())
         if score > self.threshold:
             pl_module.undo_step()
             pl_module.stopped_before_copying = True
@@ -147,15 +148,6 @@ def stopping_callbacks(stop_when_stalled: float | None = None, max_copy_score: f
     if max_copy_score is not None:
         callbacks.append(StopBeforeCopying(max_copy_score))
     return callbacks
-
-
-def self_similarity(exemplar: torch.Tensor) -> float:
-    """Copy score between the exemplar's left and right (top and bottom) halves, the larger."""
-    height, width = exemplar.shape[-2:]
-    with torch.no_grad():
-        across = copy_score(exemplar[..., : width // 2], exemplar[..., width // 2:])
-        down = copy_score(exemplar[..., : height // 2, :], exemplar[..., height // 2:, :])
-    return float(max(across, down))
 
 
 #: ``torch.set_float32_matmul_precision`` levels

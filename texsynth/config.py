@@ -50,7 +50,7 @@ def run_config(module: Any, *, exemplar: str, output: str, steps: int, trainer: 
         "init": module.init_kind,
         "seed": module.seed,
         "variations": module.variations,
-        "tile": module.tile,
+        "tile": module.tile_option,
         "lbfgs": yaml_safe(module.lbfgs_options),
         **yaml_safe(trainer),
     }

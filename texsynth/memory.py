@@ -105,7 +105,7 @@ def _checkpointed_floats(extractor: nn.Module) -> list[int]:
 
 def estimate_bytes(module: Any) -> int:
     """Approximate peak bytes of one loss evaluation plus the optimizer state."""
-    height, width = module.output_size
+    height, width = module.image_size
     pixels = height * width * module.variations
     activations = activation_floats_per_pixel(module.extractor) * pixels
     history = module.lbfgs_options["history_size"]
@@ -143,15 +143,25 @@ def size_label(output_size: tuple[int, int], variations: int) -> str:
 IMAGE_COPIES = 2
 
 
-def check_image_fits(output_size: tuple[int, int], variations: int) -> None:
-    """Refuse an output whose image alone cannot fit in CPU memory, where the module builds it,
-    before allocating it (the full estimate, :func:`check_memory`, needs the built module)."""
-    height, width = output_size
+def size_description(output_size: tuple[int, int], variations: int, image_size: tuple[int, int]) -> str:
+    """``output size WxH (xK)``, and the tile it is cut from when the optimized image is larger."""
+    text = f"output size {size_label(output_size, variations)}"
+    if tuple(image_size) != tuple(output_size):
+        text += f" (cut from a {image_size[1]}x{image_size[0]} tile)"
+    return text
+
+
+def check_image_fits(output_size: tuple[int, int], variations: int, image_size: tuple[int, int] | None = None) -> None:
+    """Refuse an output whose image (of ``image_size``, by default the output's) alone cannot fit
+    in CPU memory, where the module builds it, before allocating it (the full estimate,
+    :func:`check_memory`, needs the built module)."""
+    image_size = image_size or output_size
+    height, width = image_size
     needed = IMAGE_COPIES * variations * 3 * height * width * BYTES_PER_FLOAT
     limit = available_bytes(torch.device("cpu"))
     if limit is not None and needed > limit:
         raise InvalidArgumentError(
-            f"output size {size_label(output_size, variations)}: its image alone needs {needed / GIB:.1f} GiB of "
+            f"{size_description(output_size, variations, image_size)}: its image alone needs {needed / GIB:.1f} GiB of "
             f"CPU memory, but only {limit / GIB:.1f} GiB is available; use a smaller --size or fewer --variations"
         )
 
@@ -174,7 +184,8 @@ def check_memory(module: Any, device: torch.device, allow_checkpointing: bool = 
                  needed / GIB, without / GIB, limit / GIB, device.type)
     if needed > limit:
         raise InvalidArgumentError(
-            f"output size {size_label(module.output_size, module.variations)} needs about {needed / GIB:.1f} GiB on "
+            f"{size_description(module.output_size, module.variations, module.image_size)} needs about "
+            f"{needed / GIB:.1f} GiB on "
             f"{device.type}, but only {limit / GIB:.1f} GiB is available; use a smaller --size, "
             "fewer --variations, or a backbone that supports gradient checkpointing (vgg19)"
         )

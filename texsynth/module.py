@@ -38,7 +38,7 @@ from texsynth.losses.base import float32_statistics
 from texsynth.memory import check_image_fits, check_memory, size_label
 from texsynth.presets import LBFGS_DEFAULTS, Preset, list_presets, torch_lbfgs_options
 from texsynth.recipe import LossSpec, resolve_recipe
-from texsynth.tiling import make_periodic, periodic_resize, resolve_tile, tile_targets_source
+from texsynth.tiling import image_size_for, make_periodic, periodic_resize, resolve_tile, tile_targets_source
 
 
 class TextureSynthesis(L.LightningModule):
@@ -120,8 +120,16 @@ class TextureSynthesis(L.LightningModule):
         if prep is not None:
             exemplar_tensor = center_crop_resize(exemplar_tensor, prep)
         self.output_size: Size = parse_size(size) or tuple(exemplar_tensor.shape[-2:])  # type: ignore[assignment]
+        #: the optimized image's size: the output's, or a whole multiple of a periodic exemplar's
+        #: of which the output is the top-left crop (:func:`texsynth.tiling.image_size_for`)
+        self.image_size: Size = image_size_for(tile, exemplar_tensor[0], self.output_size)
+        if self.image_size != self.output_size:
+            log.info("exemplar %s repeats itself and %s is not a whole multiple of its %s: optimizing a %s tile "
+                     "and cropping it (a tile of the size asked for breaks its rows; tile=True makes one anyway)",
+                     self.exemplar_name, *(f"{width}x{height}" for height, width in
+                                           (self.output_size, exemplar_tensor.shape[-2:], self.image_size)))
 
-        self.tile = resolve_tile(tile, tuple(exemplar_tensor.shape[-2:]), self.output_size)
+        self.tile = resolve_tile(tile, tuple(exemplar_tensor.shape[-2:]), self.image_size)
         if self.tile:
             make_periodic(recipe.backbone, recipe.losses.values())
         self.loss_terms = nn.ModuleDict(recipe.losses)
@@ -142,7 +150,7 @@ class TextureSynthesis(L.LightningModule):
             self.extractor.enable_checkpointing()
 
         self.variations = require_count(variations, "variations")
-        check_image_fits(self.output_size, variations)
+        check_image_fits(self.output_size, variations, self.image_size)
         self.init_kind = init or recipe.preset.init
         if self.init_kind not in INITS:
             raise InvalidArgumentError(f"unknown init {self.init_kind!r}; known: {', '.join(INITS)}")
@@ -151,9 +159,9 @@ class TextureSynthesis(L.LightningModule):
         self.lbfgs_options = {**LBFGS_DEFAULTS, **recipe.preset.lbfgs, **(lbfgs or {})}
         _check_lbfgs(self.lbfgs_options)
         if "history_size" not in (lbfgs or {}):
-            height, width = self.output_size
+            height, width = self.image_size
             self.lbfgs_options["history_size"] = bounded_history(
-                self.lbfgs_options["history_size"], variations * 3 * height * width, size_label(self.output_size, variations))
+                self.lbfgs_options["history_size"], variations * 3 * height * width, size_label(self.image_size, variations))
         if seed is None:  # drawn, and recorded in hparams so the run can be repeated
             seed = random.SystemRandom().randrange(2**31)
         self.seed = require_count(seed, "seed", minimum=0)
@@ -188,6 +196,7 @@ class TextureSynthesis(L.LightningModule):
             "exemplar_sha256_16": self.exemplar_digest,
             "exemplar_size": list(self.exemplar.shape[-2:]),
             "size": list(self.output_size),
+            **({"image_size": list(self.image_size)} if self.image_size != self.output_size else {}),
             "preset": self.preset.name,
             "backbone": self.backbone_name,
             "losses": {name: loss_config(loss) for name, loss in self.loss_terms.items()},
@@ -198,6 +207,12 @@ class TextureSynthesis(L.LightningModule):
             "lbfgs": dict(self.lbfgs_options),
         }
 
+    @property
+    def tile_option(self) -> bool | None:
+        """The ``tile`` argument that builds this module again: as resolved, except for an output
+        cut from a larger tile, which only the default (None) makes."""
+        return None if self.image_size != self.output_size else self.tile
+
     def outcome(self) -> dict[str, Any]:
         """How the last run ended, as the CLI summary and the batch manifest report it."""
         return {"diverged": self.diverged, "stalled": self.stalled,
@@ -205,7 +220,7 @@ class TextureSynthesis(L.LightningModule):
 
     # ------------------------------------------------------------------ image state
     def _new_image(self) -> torch.Tensor:
-        shape = (self.variations, 3, *self.output_size)
+        shape = (self.variations, 3, *self.image_size)
         return initial_image(self.init_kind, shape, self._generator, self.exemplar)
 
     def reset_image(self, image: ImageSource | None = None) -> None:
@@ -221,9 +236,9 @@ class TextureSynthesis(L.LightningModule):
             if image.dim() != 4 or image.shape[1] != 3 or image.shape[0] not in (1, self.variations):
                 raise InvalidArgumentError(
                     f"starting image must be (3, H, W) or ({self.variations}, 3, H, W), got {tuple(image.shape)}")
-            if tuple(image.shape[-2:]) != tuple(self.output_size):
-                image = (periodic_resize(image, self.output_size) if self.tile else
-                         F.interpolate(image, size=self.output_size, mode="bicubic", align_corners=False))
+            if tuple(image.shape[-2:]) != tuple(self.image_size):
+                image = (periodic_resize(image, self.image_size) if self.tile else
+                         F.interpolate(image, size=self.image_size, mode="bicubic", align_corners=False))
             image = image.expand(self.variations, -1, -1, -1)
         with torch.no_grad():
             self.image.copy_(image.to(self.image.device))
@@ -260,11 +275,13 @@ class TextureSynthesis(L.LightningModule):
 
     def output(self, index: int = 0) -> torch.Tensor:
         """Result ``index`` as a ``(3, H, W)`` tensor clipped to [0, 1], on the CPU."""
-        return self.image.detach()[index].clamp(0, 1).cpu()
+        return self.outputs()[index]
 
     def outputs(self) -> torch.Tensor:
-        """All variations as a ``(variations, 3, H, W)`` tensor clipped to [0, 1], on the CPU."""
-        return self.image.detach().clamp(0, 1).cpu()
+        """All variations as a ``(variations, 3, H, W)`` tensor clipped to [0, 1], on the CPU
+        (of the output size: the top-left crop of a larger image, see ``image_size``)."""
+        height, width = self.output_size
+        return self.image.detach()[..., :height, :width].clamp(0, 1).cpu()
 
     def output_paths(self, path: str | os.PathLike) -> list[Path]:
         """Where :meth:`save_outputs` writes: ``path``, or ``stem_0`` … ``stem_{K-1}`` for
@@ -305,7 +322,7 @@ class TextureSynthesis(L.LightningModule):
             "init": self.init_kind,
             "lbfgs": self.lbfgs_options,
             "variations": self.variations,
-            "tile": self.tile,
+            "tile": self.tile_option,
             "checkpointing": self.checkpointing,
         }
         missing = {}
@@ -376,7 +393,7 @@ class TextureSynthesis(L.LightningModule):
             # circular padding would make the jumps across the exemplar's borders a target (tiling.py)
             features = self._features(tile_targets_source(exemplar) if self.tile else exemplar)
             for loss in self.loss_terms.values():
-                loss.set_target(exemplar, features, self.output_size)
+                loss.set_target(exemplar, features, self.image_size)
         self._targets_device = device
 
     def _features(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -412,9 +429,10 @@ class TextureSynthesis(L.LightningModule):
         if image.dim() != 4 or image.shape[1] != 3:
             raise InvalidArgumentError(f"compute_losses: image must be (3, H, W) or (B, 3, H, W), got "
                                        f"{tuple(image.shape)}")
-        if tuple(image.shape[-2:]) != tuple(self.output_size):
-            (height, width), (out_height, out_width) = image.shape[-2:], self.output_size
-            raise InvalidArgumentError(f"compute_losses: image is {width}x{height}, the output size is "
+        if tuple(image.shape[-2:]) != tuple(self.image_size):
+            (height, width), (out_height, out_width) = image.shape[-2:], self.image_size
+            what = "the output size" if self.image_size == self.output_size else "the optimized image's size"
+            raise InvalidArgumentError(f"compute_losses: image is {width}x{height}, {what} is "
                                        f"{out_width}x{out_height}; resize it first")
         return image
 

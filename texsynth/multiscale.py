@@ -158,7 +158,7 @@ def coarse_to_fine_start(
     options = {k: v for k, v in module_options.items() if k not in ("size", "exemplar_size", "init", "seed")}
     options["preset"] = module.preset  # resolved once (and reported once)
     options["tile"] = module.tile  # as resolved for the full size (auto: larger than the exemplar)
-    height, width = module.output_size
+    height, width = module.image_size
     ex_h, ex_w = module.exemplar.shape[-2:]
     stages: list[Any] = []
     image: torch.Tensor | None = None

@@ -233,6 +233,17 @@ def copy_score(
     return torch.stack(scores).max().float().clamp(-1, 1)
 
 
+def self_similarity(exemplar: torch.Tensor) -> float:
+    """Copy score between the exemplar's left and right (top and bottom) halves, the larger:
+    about 0.9 or more for a periodic exemplar (bricks, weave, a chequerboard), 0.2–0.4 for the
+    stochastic DTD exemplars measured."""
+    height, width = exemplar.shape[-2:]
+    with torch.no_grad():
+        across = copy_score(exemplar[..., : width // 2], exemplar[..., width // 2:])
+        down = copy_score(exemplar[..., : height // 2, :], exemplar[..., height // 2:, :])
+    return float(max(across, down))
+
+
 def _max_ncc(a: torch.Tensor, b: torch.Tensor, min_overlap: float) -> torch.Tensor:
     (ha, wa), (hb, wb) = a.shape, b.shape
     height, width = ha + hb - 1, wa + wb - 1
