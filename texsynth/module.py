@@ -225,7 +225,7 @@ class TextureSynthesis(L.LightningModule):
 
     def reset_image(self, image: ImageSource | None = None) -> None:
         """Start again from fresh noise, or from ``image`` (a tensor, array, PIL image or path,
-        e.g. a coarser scale's result; resized to the output size, wrapping around if the output
+        e.g. a coarser scale's result; resized to ``image_size``, wrapping around if the output
         is a tile), and forget the L-BFGS state."""
         if image is None:
             image = self._new_image()
