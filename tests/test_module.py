@@ -338,3 +338,16 @@ def test_losses_and_starting_images_take_arrays_images_and_paths_too(exemplar, t
         assert (module.image.detach() - image).abs().max() < 1 / 255 + 1e-6
     with pytest.raises(InvalidArgumentError, match="starting image must be a path, PIL image"):
         module.reset_image(42)
+
+
+def test_a_gray_exemplar_gives_gray_outputs_a_coloured_one_keeps_its_colour(exemplar):
+    gray = exemplar.mean(dim=1, keepdim=True).expand_as(exemplar).contiguous()
+    module = _module(gray, variations=2)
+    fit(module, 1, logdir=False, progress_bar=False, quiet=True)
+    assert module.gray_exemplar
+    assert not torch.equal(module.image[:, 0], module.image[:, 1])  # optimized in colour: some drift
+    outputs = module.outputs()
+    assert torch.equal(outputs[:, 0], outputs[:, 1]) and torch.equal(outputs[:, 1], outputs[:, 2])
+    torch.testing.assert_close(outputs[:, 0], module.image.detach().mean(dim=1).clamp(0, 1))
+    coloured = _module(exemplar)
+    assert not coloured.gray_exemplar and not torch.equal(coloured.output()[0], coloured.output()[1])

@@ -168,6 +168,8 @@ class TextureSynthesis(L.LightningModule):
         self._generator = torch.Generator().manual_seed(self.seed)
 
         self.register_buffer("exemplar", exemplar_tensor, persistent=False)
+        #: an exemplar without colour (a grayscale file): outputs come out without colour too
+        self.gray_exemplar = bool((exemplar_tensor[:, :1] == exemplar_tensor).all())
         self.exemplar_digest = hashlib.sha256(exemplar_tensor.numpy().tobytes()).hexdigest()[:16]
         self.image = nn.Parameter(self._new_image())
         self._optimizer: torch.optim.LBFGS | None = None
@@ -279,9 +281,13 @@ class TextureSynthesis(L.LightningModule):
 
     def outputs(self) -> torch.Tensor:
         """All variations as a ``(variations, 3, H, W)`` tensor clipped to [0, 1], on the CPU
-        (of the output size: the top-left crop of a larger image, see ``image_size``)."""
+        (of the output size: the top-left crop of a larger image, see ``image_size``; gray, its
+        channels' mean, when the exemplar is gray)."""
         height, width = self.output_size
-        return self.image.detach()[..., :height, :width].clamp(0, 1).cpu()
+        images = self.image.detach()[..., :height, :width]
+        if self.gray_exemplar:  # its faint colour is optimization noise, not texture
+            images = images.mean(dim=1, keepdim=True).expand_as(images)
+        return images.clamp(0, 1).cpu()
 
     def output_paths(self, path: str | os.PathLike) -> list[Path]:
         """Where :meth:`save_outputs` writes: ``path``, or ``stem_0`` … ``stem_{K-1}`` for
