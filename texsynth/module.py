@@ -47,7 +47,9 @@ class TextureSynthesis(L.LightningModule):
     Args:
         exemplar: path, bundled example name, PIL image, array or tensor (RGB in [0, 1]).
         size: output size, ``N`` or ``(height, width)`` or ``"WxH"``; default: the
-            (preprocessed) exemplar's size.
+            (preprocessed) exemplar's size. With ``tile`` left to None, a periodic exemplar's
+            output at a size that is no whole multiple of its own is the top-left crop of an
+            image of the next multiple (``image_size``; :func:`texsynth.tiling.image_size_for`).
         exemplar_size: centre-crop and resize the exemplar to this size first (the
             reference used 256); default: the preset's choice, or as given.
         backbone: registered name or an ``nn.Module``; default: the preset's.
@@ -160,8 +162,9 @@ class TextureSynthesis(L.LightningModule):
         _check_lbfgs(self.lbfgs_options)
         if "history_size" not in (lbfgs or {}):
             height, width = self.image_size
-            self.lbfgs_options["history_size"] = bounded_history(
-                self.lbfgs_options["history_size"], variations * 3 * height * width, size_label(self.image_size, variations))
+            self.lbfgs_options["history_size"] = bounded_history(self.lbfgs_options["history_size"],
+                                                                 variations * 3 * height * width,
+                                                                 size_label(self.image_size, variations))
         if seed is None:  # drawn, and recorded in hparams so the run can be repeated
             seed = random.SystemRandom().randrange(2**31)
         self.seed = require_count(seed, "seed", minimum=0)
