@@ -57,3 +57,14 @@ def test_small_integer_and_one_column_tensors_use_torch_sort():
     for tensor in (small, integers, torch.rand(NUMPY_SORT_MIN_ELEMENTS, 1)):
         assert not sorting._numpy_sorts(tensor)
         assert torch.equal(sort_last(tensor), torch.sort(tensor, dim=-1).values)
+
+
+def test_rows_with_many_zeros_sort_their_other_values_and_place_the_zeros_between_signs():
+    values = _distinct((3, NUMPY_SORT_MIN_ELEMENTS // 2), seed=5)  # negatives and positives
+    zeros = torch.rand(values.shape, generator=torch.Generator().manual_seed(6)) < 0.3
+    values = values.masked_fill(zeros, 0.0)
+    order = argsort_last(values)
+    assert torch.equal(torch.gather(values, -1, order), torch.sort(values, dim=-1).values)
+    assert torch.equal(torch.sort(order, dim=-1).values, torch.arange(values.shape[-1]).expand_as(order))
+    values[0, :5] = float("nan")  # NaNs last, as torch.sort puts them
+    assert torch.equal(torch.gather(values, -1, argsort_last(values))[0, -5:].isnan(), torch.ones(5, dtype=torch.bool))
