@@ -4,6 +4,7 @@
     python benchmarks/gallery.py --preset vgg19       # with ImageNet weights, if you have them
     python benchmarks/gallery.py --only-larger        # docs/larger.png only
     python benchmarks/gallery.py --only-cropped       # docs/cropped.png only
+    python benchmarks/gallery.py --only-gallery --preset weight_free_w2 --output docs/gallery_w2.png
 """
 
 from __future__ import annotations
@@ -33,15 +34,16 @@ def main() -> None:
     parser.add_argument("--only-tiling", action="store_true")
     parser.add_argument("--only-larger", action="store_true")
     parser.add_argument("--only-cropped", action="store_true")
+    parser.add_argument("--only-gallery", action="store_true")
     args = parser.parse_args()
-    only = args.only_tiling or args.only_larger or args.only_cropped
+    only = args.only_tiling or args.only_larger or args.only_cropped or args.only_gallery
     if args.only_tiling or not only:
         tiling_figure(args)
     if args.only_larger or not only:
         larger_figure(args)
     if args.only_cropped or not only:
         cropped_figure(args)
-    if only:
+    if only and not args.only_gallery:
         return
 
     pairs = []
