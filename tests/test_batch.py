@@ -178,6 +178,13 @@ def test_a_rerun_with_a_loss_object_of_other_options_is_refused_too(tmp_path):
     assert _run(src, out, losses=[GramLoss(layers=["relu3"])]).to_do == 0  # a new object, the same loss
     with pytest.raises(InvalidArgumentError, match=r"holds results made with other settings \(losses "):
         _run(src, out, losses=[GramLoss(layers=["relu5"])])
+    # a manifest written when loss objects were recorded by type name still counts as this run's
+    manifest = out / "manifest.jsonl"
+    records = [json.loads(line) for line in manifest.read_text().splitlines()]
+    for record in records:
+        record["settings"]["losses"] = ["GramLoss"]
+    manifest.write_text("".join(json.dumps(record) + "\n" for record in records))
+    assert _run(src, out, losses=[GramLoss(layers=["relu3"])]).to_do == 0
 
 
 def test_variations_are_separate_items_with_their_own_seeds(tmp_path):

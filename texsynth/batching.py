@@ -236,6 +236,18 @@ def _object_settings(value: Any) -> Any:
     return loss_config(value) if isinstance(value, TextureLoss) else type(value).__name__
 
 
+def _by_type_name(settings: Any) -> Any:
+    """``settings`` as texsynth recorded them before loss objects had their options recorded:
+    each loss object by its type name. A manifest of that time is still this run's."""
+    if isinstance(settings, dict):
+        if {"type", "weight"} <= set(settings):  # a loss object's loss_config
+            return settings["type"]
+        return {key: _by_type_name(value) for key, value in settings.items()}
+    if isinstance(settings, list):
+        return [_by_type_name(value) for value in settings]
+    return settings
+
+
 def batch(
     source: str | os.PathLike,
     out: str | os.PathLike,
@@ -319,7 +331,7 @@ def require_same_settings(manifest: Manifest, settings: dict[str, Any], out: Pat
     Records written before settings were recorded are taken as they are."""
     for record in manifest.latest().values():
         made_with = record.get("settings")
-        if record.get("status") != DONE or made_with is None or made_with == settings:
+        if record.get("status") != DONE or made_with is None or made_with in (settings, _by_type_name(settings)):
             continue
         changed = sorted(key for key in {**made_with, **settings} if made_with.get(key) != settings.get(key))
         differences = ", ".join(f"{key} {made_with.get(key)!r} -> {settings.get(key)!r}" for key in changed[:3])
