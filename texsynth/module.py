@@ -379,12 +379,16 @@ class TextureSynthesis(L.LightningModule):
         if saved is None:
             raise CheckpointError("checkpoint was not written by texsynth (no 'texsynth' entry)")
         ours = self.describe()
-        different = [key for key in self.RESUME_KEYS if saved["settings"].get(key) != ours.get(key)]
+        different = [key for key in self.RESUME_KEYS if saved["settings"].get(key) != ours.get(key)
+                     and not (key == "losses" and same_loss_configs(saved["settings"][key] or {}, ours[key]))]
         if different:
             key = different[0]
+            was, now = saved["settings"].get(key), ours.get(key)
+            if key == "losses" and isinstance(was, Mapping) and isinstance(now, Mapping):
+                key, was, now = loss_difference(was, now)
             raise CheckpointError(
-                f"checkpoint is for different settings: {key} was {saved['settings'].get(key)!r}, "
-                f"now {ours.get(key)!r}" + (f" (and {len(different) - 1} more)" if len(different) > 1 else "")
+                f"checkpoint is for different settings: {key} was {was!r}, "
+                f"now {now!r}" + (f" (and {len(different) - 1} more)" if len(different) > 1 else "")
             )
         self.num_evals = saved["num_evals"]
         self.num_steps = saved["num_steps"]
@@ -587,8 +591,41 @@ def loss_config(loss: nn.Module) -> dict[str, Any]:
         name, options = spec
         return {"name": name, **yaml_safe(options), "weight": getattr(loss, "weight", None)}
     config: dict[str, Any] = {"type": type(loss).__name__, "weight": getattr(loss, "weight", None)}
-    for key in ("layers", "normalization", "relative", "mode"):
+    for key in LOSS_OBJECT_OPTIONS:
         if hasattr(loss, key):
-            value = getattr(loss, key)
-            config[key] = list(value) if isinstance(value, tuple) else value
+            config[key] = yaml_safe(getattr(loss, key))
     return config
+
+
+#: attributes of the built-in losses that hold their options (not state computed from the
+#: exemplar, such as layer scales, nor ``periodic``, which ``tile`` sets): what a loss passed as
+#: an object is recorded and compared by
+LOSS_OBJECT_OPTIONS = ("layers", "layer_weights", "normalization", "relative", "mode", "num_directions", "resample",
+                       "seed", "upsample", "reduction", "eps", "gray_level", "match_exemplar", "fixed_bounds")
+
+
+def loss_difference(saved: Mapping[str, Any], ours: Mapping[str, Any]) -> tuple[str, Any, Any]:
+    """The first difference between two sets of loss configs, as (what, was, now): a loss
+    added or dropped, or one option of one loss."""
+    if saved.keys() != ours.keys():
+        return "losses", sorted(saved), sorted(ours)
+    for name, config in saved.items():
+        mine = ours[name]
+        for key in dict.fromkeys([*config, *mine]):
+            if config.get(key) != mine.get(key) and not ("type" in config and key not in config):
+                return f"loss {name!r} {key}", config.get(key), mine.get(key)
+    return "losses", dict(saved), dict(ours)
+
+
+def same_loss_configs(saved: Mapping[str, Any], ours: Mapping[str, Any]) -> bool:
+    """Whether a checkpoint's loss configs are this module's. A loss object's config is compared
+    on the attributes the checkpoint recorded: texsynth recorded fewer of them before."""
+    if saved.keys() != ours.keys():
+        return False
+    for name, config in saved.items():
+        mine = ours[name]
+        if "type" in config and isinstance(mine, Mapping) and "type" in mine:
+            mine = {key: mine.get(key) for key in config}
+        if config != mine:
+            return False
+    return True
