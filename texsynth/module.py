@@ -478,7 +478,10 @@ class TextureSynthesis(L.LightningModule):
     def _hide_frozen_backbone_warning(self) -> None:
         """Silence Lightning's "module(s) in eval mode" warning for this fit when the frozen
         backbone is all it would count: that backbone is in eval mode on purpose. Any other
-        module in eval mode changes the count, and the warning shows."""
+        module in eval mode changes the count, and the warning shows. (A fit that fails before
+        ``on_train_start`` leaves the filter in place until this module's next fit: Lightning calls
+        no module hook on a failure.)"""
+        self._restore_warning_filters()
         in_eval = sum(not module.training for module in self.modules())
         if in_eval and in_eval == sum(not module.training for module in self.backbone.modules()):
             message = re.escape(f"Found {in_eval} module(s) in eval mode at the start of training.")
