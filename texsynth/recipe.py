@@ -195,9 +195,13 @@ def _from_item(item: Any) -> tuple[str, TextureLoss]:
         return item, _create(item, {})
     if isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], str):
         name, value = item
-        options = dict(value) if isinstance(value, Mapping) else {"weight": value}
-        return name, _create(name, options)
+        return name, _create(name, _as_loss_options(value))
     raise InvalidArgumentError(f"cannot make a loss from {item!r}")
+
+
+def _as_loss_options(value: Any) -> dict[str, Any]:
+    """A loss's entry in a spec as its options: a mapping of them, or a bare weight."""
+    return dict(value) if isinstance(value, Mapping) else {"weight": value}
 
 
 def merge_loss_settings(spec: LossSpec, settings: Mapping[str, Mapping[str, Any]]) -> LossSpec:
@@ -214,13 +218,11 @@ def merge_loss_settings(spec: LossSpec, settings: Mapping[str, Mapping[str, Any]
         merged: dict[str, Any] = dict(spec or {})
         for name, options in settings.items():
             known = merged.get(name)
-            base = dict(known) if isinstance(known, Mapping) else ({} if known is None else {"weight": known})
-            merged[name] = {**base, **options}
+            merged[name] = {**(_as_loss_options(known) if known is not None else {}), **options}
         return merged
     merged_items, seen = [], set()
     for item in spec:
-        name, options = (item[0], dict(item[1]) if isinstance(item[1], Mapping) else {"weight": item[1]}) \
-            if isinstance(item, (list, tuple)) else (item, {})
+        name, options = (item[0], _as_loss_options(item[1])) if isinstance(item, (list, tuple)) else (item, {})
         if name in settings:
             seen.add(name)
             options.update(settings[name])
