@@ -116,10 +116,9 @@ class StopBeforeCopying(L.Callback):
         if pl_module.diverged or pl_module.num_steps == 0:
             return
         exemplar = pl_module.exemplar[0].float()
-        height, width = pl_module.output_size  # what is delivered (a crop of a larger image, maybe)
         with torch.no_grad():
-            score = max(float(copy_score(image[:, :height, :width].float().clamp(0, 1), exemplar))
-                        for image in pl_module.image.detach())
+            score = max(float(copy_score(image.float().clamp(0, 1), exemplar))
+                        for image in pl_module.output_region())
         if score > self.threshold:
             pl_module.undo_step()
             pl_module.stopped_before_copying = True

@@ -286,11 +286,16 @@ class TextureSynthesis(L.LightningModule):
         """All variations as a ``(variations, 3, H, W)`` tensor clipped to [0, 1], on the CPU
         (of the output size: the top-left crop of a larger image, see ``image_size``; gray, its
         channels' mean, when the exemplar is gray)."""
-        height, width = self.output_size
-        images = self.image.detach()[..., :height, :width]
+        images = self.output_region()
         if self.gray_exemplar:  # its faint colour is optimization noise, not texture
             images = images.mean(dim=1, keepdim=True).expand_as(images)
         return images.clamp(0, 1).cpu()
+
+    def output_region(self) -> torch.Tensor:
+        """The optimized images where they are delivered, on their device: all of them, or the
+        top-left crop of the output size (see ``image_size``)."""
+        height, width = self.output_size
+        return self.image.detach()[..., :height, :width]
 
     def output_paths(self, path: str | os.PathLike) -> list[Path]:
         """Where :meth:`save_outputs` writes: ``path``, or ``stem_0`` … ``stem_{K-1}`` for
@@ -379,13 +384,10 @@ class TextureSynthesis(L.LightningModule):
         if saved is None:
             raise CheckpointError("checkpoint was not written by texsynth (no 'texsynth' entry)")
         ours = self.describe()
-        different = [key for key in self.RESUME_KEYS if saved["settings"].get(key) != ours.get(key)
-                     and not (key == "losses" and same_loss_configs(saved["settings"][key] or {}, ours[key]))]
+        different = [difference for key in self.RESUME_KEYS
+                     if (difference := setting_difference(key, saved["settings"].get(key), ours.get(key)))]
         if different:
-            key = different[0]
-            was, now = saved["settings"].get(key), ours.get(key)
-            if key == "losses" and isinstance(was, Mapping) and isinstance(now, Mapping):
-                key, was, now = loss_difference(was, now)
+            key, was, now = different[0]
             raise CheckpointError(
                 f"checkpoint is for different settings: {key} was {was!r}, "
                 f"now {now!r}" + (f" (and {len(different) - 1} more)" if len(different) > 1 else "")
@@ -607,28 +609,24 @@ LOSS_OBJECT_OPTIONS = ("layers", "layer_weights", "normalization", "relative", "
                        "seed", "upsample", "reduction", "eps", "gray_level", "match_exemplar", "fixed_bounds")
 
 
-def loss_difference(saved: Mapping[str, Any], ours: Mapping[str, Any]) -> tuple[str, Any, Any]:
-    """The first difference between two sets of loss configs, as (what, was, now): a loss
-    added or dropped, or one option of one loss."""
-    if saved.keys() != ours.keys():
-        return "losses", sorted(saved), sorted(ours)
-    for name, config in saved.items():
-        mine = ours[name]
-        for key in dict.fromkeys([*config, *mine]):
-            if config.get(key) != mine.get(key) and not ("type" in config and key not in config):
-                return f"loss {name!r} {key}", config.get(key), mine.get(key)
-    return "losses", dict(saved), dict(ours)
+def setting_difference(key: str, was: Any, now: Any) -> tuple[str, Any, Any] | None:
+    """How a checkpoint's setting ``key`` differs from this run's, as (what, was, now), or None.
+
+    Losses are compared one by one, and a difference names the loss and its option. A loss
+    object's config is compared on the attributes the checkpoint recorded: texsynth recorded
+    fewer of them before."""
+    if key != "losses" or not (isinstance(was, Mapping) and isinstance(now, Mapping)):
+        return None if was == now else (key, was, now)
+    if was.keys() != now.keys():
+        return "losses", sorted(was), sorted(now)
+    for name, config in was.items():
+        mine = now[name]
+        objects = "type" in config and "type" in mine
+        absent = None if objects else _ABSENT  # a loss made by name: an option left out differs from any value
+        for option in (config if objects else {**config, **mine}):
+            if config.get(option, absent) != mine.get(option, absent):
+                return f"loss {name!r} {option}", config.get(option, "(not set)"), mine.get(option, "(not set)")
+    return None
 
 
-def same_loss_configs(saved: Mapping[str, Any], ours: Mapping[str, Any]) -> bool:
-    """Whether a checkpoint's loss configs are this module's. A loss object's config is compared
-    on the attributes the checkpoint recorded: texsynth recorded fewer of them before."""
-    if saved.keys() != ours.keys():
-        return False
-    for name, config in saved.items():
-        mine = ours[name]
-        if "type" in config and isinstance(mine, Mapping) and "type" in mine:
-            mine = {key: mine.get(key) for key in config}
-        if config != mine:
-            return False
-    return True
+_ABSENT = object()
