@@ -151,11 +151,10 @@ def size_description(output_size: tuple[int, int], variations: int, image_size: 
     return text
 
 
-def check_image_fits(output_size: tuple[int, int], variations: int, image_size: tuple[int, int] | None = None) -> None:
-    """Refuse an output whose image (of ``image_size``, by default the output's) alone cannot fit
-    in CPU memory, where the module builds it, before allocating it (the full estimate,
-    :func:`check_memory`, needs the built module)."""
-    image_size = image_size or output_size
+def check_image_fits(output_size: tuple[int, int], variations: int, image_size: tuple[int, int]) -> None:
+    """Refuse an output whose image (of ``image_size``: the output's, or the tile it is cut from)
+    alone cannot fit in CPU memory, where the module builds it, before allocating it (the full
+    estimate, :func:`check_memory`, needs the built module)."""
     height, width = image_size
     needed = IMAGE_COPIES * variations * 3 * height * width * BYTES_PER_FLOAT
     limit = available_bytes(torch.device("cpu"))

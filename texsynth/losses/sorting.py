@@ -29,8 +29,10 @@ def _numpy_sorts(tensor: torch.Tensor) -> bool:
 
 def argsort_last(tensor: torch.Tensor) -> torch.Tensor:
     """Indices that sort ``tensor`` along its last dimension (int64, as ``torch.argsort``)."""
-    if not _numpy_sorts(tensor):
-        return torch.argsort(tensor, dim=-1)
+    return _numpy_argsort(tensor) if _numpy_sorts(tensor) else torch.argsort(tensor, dim=-1)
+
+
+def _numpy_argsort(tensor: torch.Tensor) -> torch.Tensor:
     rows = tensor.detach().reshape(-1, tensor.shape[-1]).contiguous().numpy()
     order = np.empty(rows.shape, dtype=np.int64)
     workers = max(1, min(torch.get_num_threads(), rows.shape[0]))
@@ -71,4 +73,4 @@ def sort_last(tensor: torch.Tensor) -> torch.Tensor:
     """``tensor`` sorted along its last dimension, ascending; differentiable like ``torch.sort``."""
     if not _numpy_sorts(tensor):
         return torch.sort(tensor, dim=-1).values
-    return torch.gather(tensor, -1, argsort_last(tensor))
+    return torch.gather(tensor, -1, _numpy_argsort(tensor))
