@@ -117,13 +117,11 @@ def larger_figure(args: argparse.Namespace) -> None:
 
 def cropped_figure(args: argparse.Namespace) -> None:
     """A periodic exemplar at 1.56x its size: 128x128 `bricks` | a 200x200 tile (``tile=True``) |
-    200x200 as texsynth makes it by default (cut from a 256x256 tile)."""
+    200x200 as texsynth makes it by default (cut from a 224x224 tile: 7 bricks of 32)."""
     from texsynth.metrics import texture_metrics
 
     size, gap, label = 200, 6, 18
     figure = Image.new("RGB", (128 + 2 * size + 2 * gap, size + label), "white")
-    ImageDraw.Draw(figure).text((2, 2), "bricks 128x128 | 200x200, tile=True | 200x200, default (cut from 256x256)",
-                                fill="black")
     for column, tile in enumerate((True, None)):
         result = texsynth.synthesize("bricks", exemplar_size=128, size=size, steps=args.steps, preset=args.preset,
                                      seed=args.seed, tile=tile)
@@ -134,6 +132,9 @@ def cropped_figure(args: argparse.Namespace) -> None:
         if column == 0:
             figure.paste(to_pil(exemplar), (0, label))
         figure.paste(to_pil(result.image), (128 + gap + column * (size + gap), label))
+    cut_from = "x".join(map(str, result.module.image_size[::-1]))
+    ImageDraw.Draw(figure).text((2, 2), f"bricks 128x128 | 200x200, tile=True | 200x200, default (cut from {cut_from})",
+                                fill="black")
     args.cropped_output.parent.mkdir(parents=True, exist_ok=True)
     figure.save(args.cropped_output)
     print(f"wrote {args.cropped_output}")

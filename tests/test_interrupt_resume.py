@@ -107,6 +107,21 @@ def test_a_checkpoint_of_other_settings_is_refused(exemplar, tmp_path):
         fit(other, 3, logdir=False, progress_bar=False, quiet=True, resume=garbage)
 
 
+def test_a_checkpoint_of_a_crop_from_a_tile_of_another_size_is_refused(exemplar, tmp_path):
+    """texsynth cut such outputs from a multiple of the exemplar's size before it looked for the
+    period: 64x64 here, where it is 48x56 now. Loading that image would fail on its shape."""
+    checkpoint = tmp_path / "run.ckpt"
+    fit(TextureSynthesis(exemplar, **TINY_BACKBONE, seed=0, size=(41, 50)), 1, logdir=False, progress_bar=False,
+        quiet=True, checkpoint=checkpoint, checkpoint_every=1)
+    older = torch.load(checkpoint, weights_only=False)
+    assert older["texsynth"]["settings"]["image_size"] == [48, 56]
+    older["texsynth"]["settings"]["image_size"] = [64, 64]
+    torch.save(older, checkpoint)
+    again = TextureSynthesis(exemplar, **TINY_BACKBONE, seed=0, size=(41, 50))
+    with pytest.raises(InvalidArgumentError, match=r"different settings: image_size was \[64, 64\], now \[48, 56\]"):
+        fit(again, 2, logdir=False, progress_bar=False, quiet=True, resume=checkpoint)
+
+
 def test_a_loss_object_is_compared_by_its_options_and_older_records_by_theirs(exemplar, tmp_path):
     from texsynth.losses import GramLoss, SpectrumLoss
 

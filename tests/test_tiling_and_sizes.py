@@ -21,7 +21,7 @@ from texsynth.examples import load_example
 from texsynth.init import random_phase_noise
 from texsynth.losses.spectrum import SpectrumLoss, exemplar_spectrum, periodic_component, spectrum_projection
 from texsynth.metrics import seam_score
-from texsynth.tiling import periodic_resize, tile_targets_source
+from texsynth.tiling import periodic_resize, texture_period, tile_targets_source
 
 
 def _periodic_laplacian(image: torch.Tensor) -> torch.Tensor:
@@ -176,27 +176,45 @@ def test_the_cli_tiles_larger_outputs_unless_told_not_to(tmp_path, capsys):
         assert read_config(out.with_name(f"{out.stem}.texsynth.yaml"))["tile"] is expected
 
 
-def test_a_periodic_exemplar_at_a_size_that_is_no_multiple_of_its_own_is_cut_from_a_tile_that_is(exemplar):
-    """bricks 256 -> 400 as a 400x400 tile: a band of faded, cross-hatched rows (the period cannot
-    repeat a whole number of times around it); cut from a 512x512 tile: regular rows."""
-    result = synthesize(exemplar, size=(40, 48), steps=2, seed=0, lbfgs={"max_iter": 3}, **TINY_BACKBONE)
+def test_the_texture_period_is_the_smallest_shift_that_maps_an_image_to_itself():
+    block = torch.rand(3, 6, 10, generator=torch.Generator().manual_seed(0))
+    assert texture_period(block.repeat(1, 4, 4)) == (6, 10)
+    assert texture_period(block.repeat(1, 4, 4)[None]) == (6, 10)  # batched alike
+    for name in ("bricks", "weave"):  # rows or blocks of a quarter of the exemplar, at any size
+        assert texture_period(load_example(name, size=64)) == (16, 16)
+        assert texture_period(load_example(name, size=96)) == (24, 24)
+    # stochastic textures, smooth ones (high correlation at short shifts), and a flat image do not repeat
+    assert texture_period(load_example("cells", size=64)) == (64, 64)
+    smooth = torch.nn.functional.avg_pool2d(torch.rand(1, 3, 80, 80, generator=torch.Generator().manual_seed(1)),
+                                            9, stride=1, padding=4, count_include_pad=False)
+    assert texture_period(smooth) == (80, 80)
+    assert texture_period(torch.full((3, 32, 48), 0.5)) == (32, 48)
+
+
+def test_a_periodic_exemplar_at_a_size_that_is_no_multiple_of_its_period_is_cut_from_a_tile_that_is(exemplar):
+    """bricks 256 -> 400 as a 400x400 tile: a band of faded, cross-hatched rows (the period, 64,
+    cannot repeat a whole number of times around it); cut from a 448x448 tile: regular rows."""
+    assert texture_period(exemplar) == (8, 8)  # rows 4 high, bricks 8 wide, every other row shifted
+    result = synthesize(exemplar, size=(41, 50), steps=2, seed=0, lbfgs={"max_iter": 3}, **TINY_BACKBONE)
     module = result.module
-    assert module.image_size == (64, 64) and module.output_size == (40, 48)
-    assert module.image.shape == (1, 3, 64, 64) and result.image.shape == (3, 40, 48)
-    assert torch.equal(result.image, module.image.detach()[0, :, :40, :48].clamp(0, 1))
-    assert module.tile is True and module.tile_option is None and module.hparams["image_size"] == [64, 64]
+    assert module.image_size == (48, 56) and module.output_size == (41, 50)
+    assert module.image.shape == (1, 3, 48, 56) and result.image.shape == (3, 41, 50)
+    assert torch.equal(result.image, module.image.detach()[0, :, :41, :50].clamp(0, 1))
+    assert module.tile is True and module.tile_option is None and module.hparams["image_size"] == [48, 56]
     again = TextureSynthesis(exemplar, **module.rebuild_options()[0])  # as load_from_checkpoint builds it
-    assert again.image_size == (64, 64) and again.output_size == (40, 48)
+    assert again.image_size == (48, 56) and again.output_size == (41, 50)
+    # a whole multiple of the period needs no crop, though not one of the exemplar's size
+    assert TextureSynthesis(exemplar, **TINY_BACKBONE, size=(40, 48), seed=0).image_size == (40, 48)
     # asked for explicitly, a tile is made at the size given; a stochastic exemplar needs no crop
-    assert TextureSynthesis(exemplar, **TINY_BACKBONE, size=(40, 48), tile=True, seed=0).image_size == (40, 48)
-    assert TextureSynthesis(exemplar, **TINY_BACKBONE, size=(40, 48), tile=False, seed=0).image_size == (40, 48)
+    assert TextureSynthesis(exemplar, **TINY_BACKBONE, size=(41, 50), tile=True, seed=0).image_size == (41, 50)
+    assert TextureSynthesis(exemplar, **TINY_BACKBONE, size=(41, 50), tile=False, seed=0).image_size == (41, 50)
     cracks = load_example("cracks", size=64)
     assert TextureSynthesis(cracks, **TINY_BACKBONE, size=100, seed=0).image_size == (100, 100)
 
 
 def test_a_cropped_output_is_saved_at_its_size_and_its_run_repeats_from_its_config(tmp_path, caplog):
     out = tmp_path / "bricks.png"
-    run = ["--exemplar-size", "32", "--size", "40x48", "--steps", "1", "--max-iter", "2", "--backbone",
+    run = ["--exemplar-size", "32", "--size", "41x50", "--steps", "1", "--max-iter", "2", "--backbone",
            "random_pyramid", "--no-log", "--no-progress"]
     logger = logging.getLogger("texsynth")
     logger.addHandler(caplog.handler)
@@ -204,9 +222,9 @@ def test_a_cropped_output_is_saved_at_its_size_and_its_run_repeats_from_its_conf
         assert main(["synthesize", "bricks", "-o", str(out), *run]) == 0
     finally:
         logger.removeHandler(caplog.handler)
-    assert "40x48 is not a whole multiple of its 32x32: optimizing a 64x64 tile and cropping it" in caplog.text
+    assert "41x50 is not a whole multiple of its period 8x8: optimizing a 48x56 tile and cropping it" in caplog.text
     with Image.open(out) as image:
-        assert image.size == (40, 48)
+        assert image.size == (41, 50)
     again = tmp_path / "again.png"
     assert main(["synthesize", "--config", str(tmp_path / "bricks.texsynth.yaml"), "-o", str(again)]) == 0
     assert again.read_bytes() == out.read_bytes()

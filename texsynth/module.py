@@ -38,7 +38,14 @@ from texsynth.losses.base import float32_statistics
 from texsynth.memory import check_image_fits, check_memory, size_label
 from texsynth.presets import LBFGS_DEFAULTS, Preset, list_presets, torch_lbfgs_options
 from texsynth.recipe import LossSpec, resolve_recipe
-from texsynth.tiling import image_size_for, make_periodic, periodic_resize, resolve_tile, tile_targets_source
+from texsynth.tiling import (
+    image_size_for,
+    make_periodic,
+    periodic_resize,
+    resolve_tile,
+    texture_period,
+    tile_targets_source,
+)
 
 
 class TextureSynthesis(L.LightningModule):
@@ -48,7 +55,7 @@ class TextureSynthesis(L.LightningModule):
         exemplar: path, bundled example name, PIL image, array or tensor (RGB in [0, 1]).
         size: output size, ``N`` or ``(height, width)`` or ``"WxH"``; default: the
             (preprocessed) exemplar's size. With ``tile`` left to None, a periodic exemplar's
-            output at a size that is no whole multiple of its own is the top-left crop of an
+            output at a size that is no whole multiple of its period is the top-left crop of an
             image of the next multiple (``image_size``; :func:`texsynth.tiling.image_size_for`).
         exemplar_size: centre-crop and resize the exemplar to this size first (the
             reference used 256); default: the preset's choice, or as given.
@@ -126,10 +133,10 @@ class TextureSynthesis(L.LightningModule):
         #: of which the output is the top-left crop (:func:`texsynth.tiling.image_size_for`)
         self.image_size: Size = image_size_for(tile, exemplar_tensor[0], self.output_size)
         if self.image_size != self.output_size:
-            log.info("exemplar %s repeats itself and %s is not a whole multiple of its %s: optimizing a %s tile "
-                     "and cropping it (a tile of the size asked for breaks its rows; tile=True makes one anyway)",
+            log.info("exemplar %s repeats itself and %s is not a whole multiple of its period %s: optimizing a %s "
+                     "tile and cropping it (a tile of the size asked for breaks its rows; tile=True makes one anyway)",
                      self.exemplar_name, *(f"{width}x{height}" for height, width in
-                                           (self.output_size, exemplar_tensor.shape[-2:], self.image_size)))
+                                           (self.output_size, texture_period(exemplar_tensor[0]), self.image_size)))
 
         self.tile = resolve_tile(tile, tuple(exemplar_tensor.shape[-2:]), self.image_size)
         if self.tile:
@@ -318,7 +325,7 @@ class TextureSynthesis(L.LightningModule):
 
     # ------------------------------------------------------------------ checkpoints
     #: settings that must agree between a checkpoint and the run resuming from it.
-    RESUME_KEYS = ("exemplar_sha256_16", "exemplar_size", "size", "backbone", "losses", "variations",
+    RESUME_KEYS = ("exemplar_sha256_16", "exemplar_size", "size", "image_size", "backbone", "losses", "variations",
                    "tile", "lbfgs")
 
     def rebuild_options(self) -> tuple[dict[str, Any], dict[str, str]]:

@@ -17,8 +17,8 @@ component. Two more places would otherwise put a seam back in:
   :func:`periodic_resize` wraps around.
 
 Outputs larger than the exemplar are tiled too unless asked otherwise (:func:`resolve_tile`);
-those of a periodic exemplar at a size that is not a whole multiple of its own are cut from a
-tile that is (:func:`image_size_for`).
+those of a periodic exemplar at a size that is not a whole multiple of its period are cut from
+a tile that is (:func:`image_size_for`, :func:`texture_period`).
 
 Measured in benchmarks/README.md, "Seamless tiles" and "Outputs larger than the exemplar".
 """
@@ -66,21 +66,66 @@ def resolve_tile(tile: bool | None, exemplar_size: tuple[int, int], output_size:
 def image_size_for(tile: bool | None, exemplar: torch.Tensor, output_size: tuple[int, int]) -> tuple[int, int]:
     """The size of the image to optimize for an output of ``output_size``: that size, except
     for a periodic exemplar tiled by default (``tile=None``, a larger output) at a size that
-    is not a whole multiple of the exemplar's. Its period cannot repeat a whole number of
-    times around such a tile, and the texture breaks where the spectrum constraint and the
-    features disagree (``bricks`` 256 -> 400: a band of faded, cross-hatched rows across the
-    middle). The image is then the next whole multiple (512x512 for 400x400, 1.6x the pixels),
-    a tile of regular rows, and the output its top-left crop: not itself a tile (``tile=True``
-    asks for one at the size given)."""
+    is not a whole multiple of its period (:func:`texture_period`). The period cannot repeat a
+    whole number of times around such a tile, and the texture breaks where the spectrum
+    constraint and the features disagree (``bricks`` 256 -> 400: a band of faded,
+    cross-hatched rows across the middle). The image is then the next whole multiple of the
+    period (448x448 for 400x400: bricks repeat every 64 pixels), a tile of regular rows, and
+    the output its top-left crop: not itself a tile (``tile=True`` asks for one at the size
+    given)."""
     height, width = output_size
     ex_height, ex_width = exemplar.shape[-2:]
     if tile is not None or not resolve_tile(None, (ex_height, ex_width), output_size):
         return output_size
-    if height % ex_height == 0 and width % ex_width == 0:
+    if height % ex_height == 0 and width % ex_width == 0:  # a multiple of any period of the exemplar
         return output_size
     if self_similarity(exemplar.float()) < PERIODIC_SELF_SIMILARITY:
         return output_size
-    return math.ceil(height / ex_height) * ex_height, math.ceil(width / ex_width) * ex_width
+    period_h, period_w = texture_period(exemplar)
+    return math.ceil(height / period_h) * period_h, math.ceil(width / period_w) * period_w
+
+
+def texture_period(image: torch.Tensor) -> tuple[int, int]:
+    """The smallest vertical and horizontal shifts that map ``image`` (``(..., C, h, w)``) to
+    itself, wrapping around: divisors of its height and width (the full size where no smaller
+    one holds). ``bricks`` at 256x256: 64x64 (two rows of 32; a brick is 64 wide).
+
+    A shift counts as the period where the circular autocorrelation of the mean-removed image
+    is, at it and at each of its multiples, at least :data:`PERIOD_CORRELATION`, and is a
+    peak: no lower than at the neighbouring shifts, and :data:`PERIOD_DIP` above its minimum
+    at the shifts before it (a smooth image correlates highly with itself at small shifts
+    without repeating). Measured on the bundled and DTD exemplars: bricks and weave 0.79-0.82
+    at their period, none of the stochastic ones a peak above 0.7."""
+    signal = image.detach().double().reshape(-1, *image.shape[-2:])
+    signal = signal - signal.mean(dim=(-2, -1), keepdim=True)
+    spectrum = torch.fft.fft2(signal)
+    correlation = torch.fft.ifft2(spectrum.abs().pow(2)).real.sum(dim=0)
+    if correlation[0, 0] <= 0:  # a flat image repeats at every shift: nothing to fit
+        return tuple(image.shape[-2:])  # type: ignore[return-value]
+    correlation = correlation / correlation[0, 0]
+    return _axis_period(correlation[:, 0]), _axis_period(correlation[0, :])
+
+
+#: autocorrelation at a shift and each of its multiples from which it is a period (texture_period)
+PERIOD_CORRELATION = 0.7
+#: how far the autocorrelation at a period rises above its minimum over shorter shifts
+PERIOD_DIP = 0.1
+#: the shortest period looked for, in pixels
+MIN_PERIOD = 4
+
+
+def _axis_period(correlation: torch.Tensor) -> int:
+    """The period along one axis from the autocorrelation along it (see :func:`texture_period`)."""
+    size = correlation.shape[0]
+    for period in range(MIN_PERIOD, size // 2 + 1):
+        if size % period:
+            continue
+        at_period = correlation[period]
+        is_peak = at_period >= correlation[period - 1] and at_period >= correlation[period + 1]
+        if (is_peak and correlation[period::period].min() >= PERIOD_CORRELATION
+                and at_period - correlation[1:period].min() >= PERIOD_DIP):
+            return period
+    return size
 
 
 def make_periodic(backbone: nn.Module, losses: Iterable[nn.Module]) -> None:
