@@ -191,7 +191,7 @@ def test_the_texture_period_is_the_smallest_shift_that_maps_an_image_to_itself()
     assert texture_period(torch.full((3, 32, 48), 0.5)) == (32, 48)
 
 
-def test_a_periodic_exemplar_at_a_size_that_is_no_multiple_of_its_period_is_cut_from_a_tile_that_is(exemplar):
+def test_a_periodic_exemplar_at_a_size_that_is_no_multiple_of_its_period_is_cut_from_a_tile_that_is(exemplar, caplog):
     """bricks 256 -> 400 as a 400x400 tile: a band of faded, cross-hatched rows (the period, 64,
     cannot repeat a whole number of times around it); cut from a 448x448 tile: regular rows."""
     assert texture_period(exemplar) == (8, 8)  # rows 4 high, bricks 8 wide, every other row shifted
@@ -205,8 +205,17 @@ def test_a_periodic_exemplar_at_a_size_that_is_no_multiple_of_its_period_is_cut_
     assert again.image_size == (48, 56) and again.output_size == (41, 50)
     # a whole multiple of the period needs no crop, though not one of the exemplar's size
     assert TextureSynthesis(exemplar, **TINY_BACKBONE, size=(40, 48), seed=0).image_size == (40, 48)
-    # asked for explicitly, a tile is made at the size given; a stochastic exemplar needs no crop
-    assert TextureSynthesis(exemplar, **TINY_BACKBONE, size=(41, 50), tile=True, seed=0).image_size == (41, 50)
+    # asked for explicitly, a tile is made at the size given, with a warning; a stochastic exemplar needs no crop
+    logger = logging.getLogger("texsynth")
+    logger.addHandler(caplog.handler)
+    try:
+        assert TextureSynthesis(exemplar, **TINY_BACKBONE, size=(41, 50), tile=True, seed=0).image_size == (41, 50)
+        TextureSynthesis(exemplar, **TINY_BACKBONE, size=(40, 48), tile=True, seed=0)  # a multiple: nothing to say
+    finally:
+        logger.removeHandler(caplog.handler)
+    warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert warnings == ["tile=True: exemplar image repeats every 8x8, which does not divide 50x41: its rows may "
+                        "break (a 56x48 tile would fit; with tile left unset, a larger output is cut from one)"]
     assert TextureSynthesis(exemplar, **TINY_BACKBONE, size=(41, 50), tile=False, seed=0).image_size == (41, 50)
     cracks = load_example("cracks", size=64)
     assert TextureSynthesis(cracks, **TINY_BACKBONE, size=100, seed=0).image_size == (100, 100)

@@ -41,10 +41,11 @@ from texsynth.recipe import LossSpec, resolve_recipe
 from texsynth.tiling import (
     image_size_for,
     make_periodic,
+    next_multiple,
     periodic_resize,
     resolve_tile,
-    texture_period,
     tile_targets_source,
+    unfitting_period,
 )
 
 
@@ -132,11 +133,8 @@ class TextureSynthesis(L.LightningModule):
         #: the optimized image's size: the output's, or a whole multiple of a periodic exemplar's
         #: of which the output is the top-left crop (:func:`texsynth.tiling.image_size_for`)
         self.image_size: Size = image_size_for(tile, exemplar_tensor[0], self.output_size)
-        if self.image_size != self.output_size:
-            log.info("exemplar %s repeats itself and %s is not a whole multiple of its period %s: optimizing a %s "
-                     "tile and cropping it (a tile of the size asked for breaks its rows; tile=True makes one anyway)",
-                     self.exemplar_name, *(f"{width}x{height}" for height, width in
-                                           (self.output_size, texture_period(exemplar_tensor[0]), self.image_size)))
+        if self.image_size != self.output_size or tile is True:
+            self._say_how_the_period_fits(exemplar_tensor[0])
 
         self.tile = resolve_tile(tile, tuple(exemplar_tensor.shape[-2:]), self.image_size)
         if self.tile:
@@ -327,6 +325,23 @@ class TextureSynthesis(L.LightningModule):
     #: settings that must agree between a checkpoint and the run resuming from it.
     RESUME_KEYS = ("exemplar_sha256_16", "exemplar_size", "size", "image_size", "backbone", "losses", "variations",
                    "tile", "lbfgs")
+
+    def _say_how_the_period_fits(self, exemplar: torch.Tensor) -> None:
+        """One line where a periodic exemplar's period does not divide the output: it is cut from a
+        larger tile, or, a tile of its size asked for, its rows may break."""
+        period = unfitting_period(exemplar, self.output_size)
+        if period is None:
+            return
+        output, period_text, fitting = (f"{width}x{height}" for height, width in
+                                        (self.output_size, period, next_multiple(self.output_size, period)))
+        if self.image_size != self.output_size:
+            log.info("exemplar %s repeats itself and %s is not a whole multiple of its period %s: optimizing a %s "
+                     "tile and cropping it (a tile of the size asked for breaks its rows; tile=True makes one anyway)",
+                     self.exemplar_name, output, period_text, fitting)
+        else:
+            log.warning("tile=True: exemplar %s repeats every %s, which does not divide %s: its rows may break (a %s "
+                        "tile would fit; with tile left unset, a larger output is cut from one)", self.exemplar_name,
+                        period_text, output, fitting)
 
     def rebuild_options(self) -> tuple[dict[str, Any], dict[str, str]]:
         """Keyword arguments that build this module again around its exemplar (as

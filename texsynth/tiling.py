@@ -73,16 +73,32 @@ def image_size_for(tile: bool | None, exemplar: torch.Tensor, output_size: tuple
     period (448x448 for 400x400: bricks repeat every 64 pixels), a tile of regular rows, and
     the output its top-left crop: not itself a tile (``tile=True`` asks for one at the size
     given)."""
-    height, width = output_size
-    ex_height, ex_width = exemplar.shape[-2:]
-    if tile is not None or not resolve_tile(None, (ex_height, ex_width), output_size):
+    if tile is not None or not resolve_tile(None, tuple(exemplar.shape[-2:]), output_size):
         return output_size
-    if height % ex_height == 0 and width % ex_width == 0:  # a multiple of any period of the exemplar
+    period = unfitting_period(exemplar, output_size)
+    if period is None:
         return output_size
-    if self_similarity(exemplar.float()) < PERIODIC_SELF_SIMILARITY:
-        return output_size
-    period_h, period_w = texture_period(exemplar)
+    return next_multiple(output_size, period)
+
+
+def next_multiple(size: tuple[int, int], period: tuple[int, int]) -> tuple[int, int]:
+    """The smallest size of whole multiples of ``period`` at least ``size``."""
+    (height, width), (period_h, period_w) = size, period
     return math.ceil(height / period_h) * period_h, math.ceil(width / period_w) * period_w
+
+
+def unfitting_period(exemplar: torch.Tensor, size: tuple[int, int]) -> tuple[int, int] | None:
+    """The period (:func:`texture_period`) of an exemplar that repeats itself
+    (:func:`~texsynth.metrics.self_similarity` at least :data:`PERIODIC_SELF_SIMILARITY`) where
+    a tile of ``size`` cannot hold a whole number of them; None where it can, or where the
+    exemplar does not repeat."""
+    (height, width), (ex_height, ex_width) = size, exemplar.shape[-2:]
+    if height % ex_height == 0 and width % ex_width == 0:  # a multiple of any period of the exemplar
+        return None
+    if self_similarity(exemplar.float()) < PERIODIC_SELF_SIMILARITY:
+        return None
+    period_h, period_w = texture_period(exemplar)
+    return None if height % period_h == 0 and width % period_w == 0 else (period_h, period_w)
 
 
 def texture_period(image: torch.Tensor) -> tuple[int, int]:
