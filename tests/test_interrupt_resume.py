@@ -144,6 +144,34 @@ def test_a_loss_object_is_compared_by_its_options_and_older_records_by_theirs(ex
     fit(module(layer_weights=2.0), 2, logdir=False, progress_bar=False, quiet=True, resume=older)
 
 
+def test_a_plugin_loss_object_is_compared_by_the_options_its_class_names(exemplar, tmp_path):
+    from texsynth.losses import TextureLoss
+
+    class Brightness(TextureLoss):  # no built-in loss has a `level`
+        option_attributes = ("level",)
+
+        def __init__(self, level: float) -> None:
+            super().__init__()
+            self.level = level
+
+        def set_target(self, exemplar, features, output_size):
+            pass
+
+        def forward(self, image, features):
+            return (image.mean() - self.level).pow(2)
+
+    def module(level):
+        return TextureSynthesis(exemplar, **TINY_BACKBONE, seed=0, losses=["gram", Brightness(level)])
+
+    checkpoint = tmp_path / "run.ckpt"
+    fit(module(0.5), 1, logdir=False, progress_bar=False, quiet=True, checkpoint=checkpoint, checkpoint_every=1)
+    with pytest.raises(CheckpointError, match="different settings: loss 'brightness' level was 0.5, now 0.25"):
+        fit(module(0.25), 2, logdir=False, progress_bar=False, quiet=True, resume=checkpoint)
+    resumed = module(0.5)
+    fit(resumed, 2, logdir=False, progress_bar=False, quiet=True, resume=checkpoint)
+    assert resumed.num_steps == 2
+
+
 def test_a_file_that_is_no_texsynth_checkpoint_gets_a_one_line_reason(exemplar, tmp_path):
     """Lightning's own errors for these were a TypeError traceback (a saved list), a bare
     KeyError, or torch's multi-line advice to load the file unsafely."""

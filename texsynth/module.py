@@ -612,13 +612,14 @@ def _check_lbfgs(options: Mapping[str, Any]) -> None:
 
 def loss_config(loss: nn.Module) -> dict[str, Any]:
     """How a loss was made, as compared when resuming: its registry name and every option it
-    was built with; for a loss passed as an object, its type and the attributes that shape it."""
+    was built with; for a loss passed as an object, its type and the attributes that shape it
+    (the built-in losses' and those its class names in ``option_attributes``)."""
     spec = getattr(loss, "spec", None)
     if spec is not None:
         name, options = spec
         return {"name": name, **yaml_safe(options), "weight": getattr(loss, "weight", None)}
     config: dict[str, Any] = {"type": type(loss).__name__, "weight": getattr(loss, "weight", None)}
-    for key in LOSS_OBJECT_OPTIONS:
+    for key in dict.fromkeys((*LOSS_OBJECT_OPTIONS, *getattr(loss, "option_attributes", ()))):
         if hasattr(loss, key):
             config[key] = yaml_safe(getattr(loss, key))
     return config

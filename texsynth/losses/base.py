@@ -30,6 +30,10 @@ class TextureLoss(nn.Module):
 
     #: backbone layers the loss reads; empty means the loss works on pixels only.
     layers: tuple[str, ...] = ()
+    #: attributes that hold the options a loss was built with, beyond the built-in losses' own
+    #: (``texsynth.module.LOSS_OBJECT_OPTIONS``): a loss passed as an object, not by name, is
+    #: recorded by them, and a resume with other values is refused
+    option_attributes: tuple[str, ...] = ()
 
     def __init__(self, weight: float = 1.0) -> None:
         super().__init__()
