@@ -211,11 +211,16 @@ def test_a_periodic_exemplar_at_a_size_that_is_no_multiple_of_its_period_is_cut_
     try:
         assert TextureSynthesis(exemplar, **TINY_BACKBONE, size=(41, 50), tile=True, seed=0).image_size == (41, 50)
         TextureSynthesis(exemplar, **TINY_BACKBONE, size=(40, 48), tile=True, seed=0)  # a multiple: nothing to say
+        # its half-size stage (82x100 -> 41x50 from the 32x32 bricks) does not say it again
+        with_coarse_stage = synthesize(load_example("bricks", size=64), size=(82, 100), tile=True, steps=1,
+                                       coarse_levels=1, coarse_steps=1, seed=0, lbfgs={"max_iter": 2}, **TINY_BACKBONE)
     finally:
         logger.removeHandler(caplog.handler)
     warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
-    assert warnings == ["tile=True: exemplar image repeats every 8x8, which does not divide 50x41: its rows may "
-                        "break (a 56x48 tile would fit; with tile left unset, a larger output is cut from one)"]
+    assert warnings == [f"tile=True: exemplar image repeats every {period}, which does not divide {size}: its rows may "
+                        f"break (a {fitting} tile would fit; with tile left unset, a larger output is cut from one)"
+                        for period, size, fitting in (("8x8", "50x41", "56x48"), ("16x16", "100x82", "112x96"))]
+    assert with_coarse_stage.coarse.levels == 1 and "skipping" not in caplog.text  # its half-size stage ran
     assert TextureSynthesis(exemplar, **TINY_BACKBONE, size=(41, 50), tile=False, seed=0).image_size == (41, 50)
     cracks = load_example("cracks", size=64)
     assert TextureSynthesis(cracks, **TINY_BACKBONE, size=100, seed=0).image_size == (100, 100)

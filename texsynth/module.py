@@ -11,6 +11,7 @@ for the progress bar.
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import math
 import os
@@ -48,6 +49,10 @@ from texsynth.tiling import (
     unfitting_period,
 )
 
+
+#: True while coarse-to-fine synthesis builds its coarser stages: their notes on how the
+#: exemplar's period fits would repeat the full size's, at sizes the user did not ask for
+COARSE_STAGE: contextvars.ContextVar[bool] = contextvars.ContextVar("texsynth_coarse_stage", default=False)
 
 class TextureSynthesis(L.LightningModule):
     """Optimize an image so its CNN statistics match an exemplar's.
@@ -133,7 +138,7 @@ class TextureSynthesis(L.LightningModule):
         #: the optimized image's size: the output's, or a whole multiple of a periodic exemplar's
         #: of which the output is the top-left crop (:func:`texsynth.tiling.image_size_for`)
         self.image_size: Size = image_size_for(tile, exemplar_tensor[0], self.output_size)
-        if self.image_size != self.output_size or tile is True:
+        if (self.image_size != self.output_size or tile is True) and not COARSE_STAGE.get():
             self._say_how_the_period_fits(exemplar_tensor[0])
 
         self.tile = resolve_tile(tile, tuple(exemplar_tensor.shape[-2:]), self.image_size)

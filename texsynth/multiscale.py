@@ -150,7 +150,7 @@ def coarse_to_fine_start(
     ended lowest. Stages too small for the backbone are skipped.
     Returns the stage modules, coarsest first (of the starts, the one with the lowest loss).
     """
-    from texsynth.module import TextureSynthesis
+    from texsynth.module import COARSE_STAGE, TextureSynthesis
 
     require_count(levels, "coarse levels", minimum=0)
     require_coarse_layers(layers)
@@ -179,8 +179,12 @@ def coarse_to_fine_start(
         first = image is None
 
         def new_stage(seed: int) -> Any:
-            return TextureSynthesis(exemplar, size=size, exemplar_size=ex_size, seed=seed,
-                                    init=module.init_kind, **stage_options)
+            building = COARSE_STAGE.set(True)
+            try:
+                return TextureSynthesis(exemplar, size=size, exemplar_size=ex_size, seed=seed,
+                                        init=module.init_kind, **stage_options)
+            finally:
+                COARSE_STAGE.reset(building)
 
         try:
             stage = new_stage(module.seed)
