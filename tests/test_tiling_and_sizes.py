@@ -21,7 +21,7 @@ from texsynth.examples import load_example
 from texsynth.init import random_phase_noise
 from texsynth.losses.spectrum import SpectrumLoss, exemplar_spectrum, periodic_component, spectrum_projection
 from texsynth.metrics import seam_score
-from texsynth.tiling import periodic_resize, texture_period, tile_targets_source
+from texsynth.tiling import image_size_for, periodic_resize, repeats_itself, texture_period, tile_targets_source
 
 
 def _periodic_laplacian(image: torch.Tensor) -> torch.Tensor:
@@ -189,6 +189,18 @@ def test_the_texture_period_is_the_smallest_shift_that_maps_an_image_to_itself()
                                             9, stride=1, padding=4, count_include_pad=False)
     assert texture_period(smooth) == (80, 80)
     assert texture_period(torch.full((3, 32, 48), 0.5)) == (32, 48)
+
+
+def test_an_exemplar_that_repeats_at_a_shift_that_is_no_divisor_is_cut_from_a_multiple_of_its_size():
+    """chequered_0096's squares repeat every 75 of its 256 pixels: at whole multiples of its size
+    its spectrum target keeps its frequencies, and the squares came out more regular."""
+    y, x = torch.meshgrid(torch.arange(64), torch.arange(64), indexing="ij")
+    chequerboard = ((y // 5 + x // 5) % 2).float().expand(3, 64, 64)  # period 10, which 64 is not a multiple of
+    assert repeats_itself(chequerboard) and texture_period(chequerboard) == (64, 64)
+    assert image_size_for(None, chequerboard, (100, 90)) == (128, 128)
+    assert image_size_for(None, chequerboard, (128, 192)) == (128, 192)  # a multiple already
+    cells = load_example("cells", size=64)
+    assert not repeats_itself(cells) and image_size_for(None, cells, (100, 90)) == (100, 90)
 
 
 def test_a_periodic_exemplar_at_a_size_that_is_no_multiple_of_its_period_is_cut_from_a_tile_that_is(exemplar, caplog):

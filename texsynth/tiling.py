@@ -36,14 +36,9 @@ from torchvision.transforms.functional import gaussian_blur
 from texsynth.backbones.base import Backbone, circular_pad, set_circular_padding
 from texsynth.errors import require_flag
 from texsynth.losses.spectrum import periodic_component
-from texsynth.metrics.functional import self_similarity
 
 #: blur of the exemplar whose border jumps count as lighting, as a fraction of its larger side
 LIGHTING_SCALE = 1 / 32
-
-#: self-similarity (:func:`~texsynth.metrics.self_similarity`) from which an exemplar is taken
-#: as periodic: bricks, weave and chequered_0096 score 0.87-0.98, the other DTD exemplars 0.17-0.40
-PERIODIC_SELF_SIMILARITY = 0.7
 
 
 def resolve_tile(tile: bool | None, exemplar_size: tuple[int, int], output_size: tuple[int, int]) -> bool:
@@ -89,37 +84,65 @@ def next_multiple(size: tuple[int, int], period: tuple[int, int]) -> tuple[int, 
 
 def unfitting_period(exemplar: torch.Tensor, size: tuple[int, int]) -> tuple[int, int] | None:
     """The period (:func:`texture_period`) of an exemplar that repeats itself
-    (:func:`~texsynth.metrics.self_similarity` at least :data:`PERIODIC_SELF_SIMILARITY`) where
-    a tile of ``size`` cannot hold a whole number of them; None where it can, or where the
-    exemplar does not repeat."""
+    (:func:`repeats_itself`) where a tile of ``size`` cannot hold a whole number of them; None
+    where it can, or where the exemplar does not repeat.
+
+    An exemplar that repeats at shifts that do not divide its size (chequered_0096's squares are
+    75 pixels apart in 256) has its own size as its period here: at whole multiples of that
+    size its spectrum target keeps its exact frequencies, and the squares come out more regular
+    (benchmarks/README.md, "Outputs larger than the exemplar")."""
     (height, width), (ex_height, ex_width) = size, exemplar.shape[-2:]
     if height % ex_height == 0 and width % ex_width == 0:  # a multiple of any period of the exemplar
         return None
-    if self_similarity(exemplar.float()) < PERIODIC_SELF_SIMILARITY:
+    (period_h, period_w), repeats = _periodicity(exemplar)
+    if not repeats or (height % period_h == 0 and width % period_w == 0):
         return None
-    period_h, period_w = texture_period(exemplar)
-    return None if height % period_h == 0 and width % period_w == 0 else (period_h, period_w)
+    return period_h, period_w
 
 
 def texture_period(image: torch.Tensor) -> tuple[int, int]:
     """The smallest vertical and horizontal shifts that map ``image`` (``(..., C, h, w)``) to
-    itself, wrapping around: divisors of its height and width (the full size where no smaller
-    one holds). ``bricks`` at 256x256: 64x64 (two rows of 32; a brick is 64 wide).
+    itself: divisors of its height and width (the full size where no smaller one holds).
+    ``bricks`` at 256x256: 64x64 (two rows of 32; a brick is 64 wide).
 
-    A shift counts as the period where the circular autocorrelation of the mean-removed image
-    is, at it and at each of its multiples, at least :data:`PERIOD_CORRELATION`, and is a
-    peak: no lower than at the neighbouring shifts, and :data:`PERIOD_DIP` above its minimum
-    at the shifts before it (a smooth image correlates highly with itself at small shifts
-    without repeating). Measured on the bundled and DTD exemplars: bricks and weave 0.79-0.82
-    at their period, none of the stochastic ones a peak above 0.7."""
-    signal = image.detach().double().reshape(-1, *image.shape[-2:])
+    A shift counts where the autocorrelation of the mean-removed image along that axis
+    (:func:`axis_autocorrelation`) is, at it and at each of its multiples up to half the size,
+    at least :data:`PERIOD_CORRELATION`, and is a peak: no lower than at the neighbouring
+    shifts, and :data:`PERIOD_DIP` above its minimum at the shifts before it (a smooth image
+    correlates highly with itself at small shifts without repeating). Measured on the bundled
+    and DTD exemplars: bricks and weave 0.79-0.82 at their period, none of the stochastic ones
+    a peak above 0.7."""
+    return _periodicity(image)[0]
+
+
+def repeats_itself(image: torch.Tensor) -> bool:
+    """Whether ``image`` repeats along an axis, at a shift that divides its size or not: a peak
+    of :func:`axis_autocorrelation` as :func:`texture_period` asks of a period, at a shift of at
+    most half the size. bricks, weave and chequered_0096 do; no stochastic DTD exemplar does."""
+    return _periodicity(image)[1]
+
+
+def axis_autocorrelation(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The autocorrelation of ``image`` (``(..., h, w)``, the mean of each channel removed)
+    along its height and along its width, for shifts 0 .. h-1 and 0 .. w-1: the mean product
+    of values that far apart over the positions where both lie inside the image (no wrapping
+    around: a period need not divide the size), over the mean square. None for a flat image."""
+    signal = image.detach().reshape(-1, *image.shape[-2:])
+    signal = signal.double() if signal.dtype == torch.float64 else signal.float()  # float32: ample for peaks of 0.7
     signal = signal - signal.mean(dim=(-2, -1), keepdim=True)
-    spectrum = torch.fft.fft2(signal)
-    correlation = torch.fft.ifft2(spectrum.abs().pow(2)).real.sum(dim=0)
-    if correlation[0, 0] <= 0:  # a flat image repeats at every shift: nothing to fit
-        return tuple(image.shape[-2:])  # type: ignore[return-value]
-    correlation = correlation / correlation[0, 0]
-    return _axis_period(correlation[:, 0]), _axis_period(correlation[0, :])
+    energy = signal.pow(2).mean()
+    if energy <= 0:
+        return None
+
+    def along(dim: int) -> torch.Tensor:
+        length = signal.shape[dim]
+        spectrum = torch.fft.rfft(signal, n=2 * length, dim=dim)  # zero-padded: no wrap-around
+        products = torch.fft.irfft(spectrum.abs().pow(2), n=2 * length, dim=dim).narrow(dim, 0, length)
+        summed = products.movedim(dim, -1).reshape(-1, length).sum(dim=0)
+        pairs = (length - torch.arange(length, dtype=summed.dtype)) * (signal.numel() // length)
+        return summed / pairs / energy
+
+    return along(-2), along(-1)
 
 
 #: autocorrelation at a shift and each of its multiples from which it is a period (texture_period)
@@ -130,16 +153,36 @@ PERIOD_DIP = 0.1
 MIN_PERIOD = 4
 
 
+def _periodicity(image: torch.Tensor) -> tuple[tuple[int, int], bool]:
+    """(texture_period, repeats_itself) from one autocorrelation."""
+    size = tuple(image.shape[-2:])
+    correlations = axis_autocorrelation(image)
+    if correlations is None:  # a flat image repeats at every shift: nothing to fit
+        return size, False  # type: ignore[return-value]
+    periods = [_axis_period(correlation) for correlation in correlations]
+    repeats = any(_repeating_shifts(correlation) for correlation in correlations)
+    return (periods[0], periods[1]), repeats
+
+
+def _repeating_shifts(correlation: torch.Tensor) -> list[int]:
+    """Shifts of at most half the size at which the autocorrelation has a repetition's peak:
+    at least PERIOD_CORRELATION, no lower than its neighbours, PERIOD_DIP above its minimum before."""
+    size = correlation.shape[0]
+    if size // 2 < MIN_PERIOD:
+        return []
+    shifts = torch.arange(MIN_PERIOD, size // 2 + 1)
+    at_shift = correlation[shifts]
+    lowest_before = torch.cummin(correlation[1:], dim=0).values[shifts - 2]  # min over shifts 1 .. shift-1
+    peaks = ((at_shift >= PERIOD_CORRELATION) & (at_shift >= correlation[shifts - 1])
+             & (at_shift >= correlation[shifts + 1]) & (at_shift - lowest_before >= PERIOD_DIP))
+    return shifts[peaks].tolist()
+
+
 def _axis_period(correlation: torch.Tensor) -> int:
     """The period along one axis from the autocorrelation along it (see :func:`texture_period`)."""
     size = correlation.shape[0]
-    for period in range(MIN_PERIOD, size // 2 + 1):
-        if size % period:
-            continue
-        at_period = correlation[period]
-        is_peak = at_period >= correlation[period - 1] and at_period >= correlation[period + 1]
-        if (is_peak and correlation[period::period].min() >= PERIOD_CORRELATION
-                and at_period - correlation[1:period].min() >= PERIOD_DIP):
+    for period in _repeating_shifts(correlation):
+        if size % period == 0 and correlation[period : size // 2 + 1 : period].min() >= PERIOD_CORRELATION:
             return period
     return size
 
