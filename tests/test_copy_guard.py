@@ -14,6 +14,7 @@ from texsynth import synthesize
 from texsynth.callbacks import StopBeforeCopying, self_similarity
 from texsynth.cli import main
 from texsynth.errors import InvalidArgumentError
+from texsynth.examples import load_example
 from texsynth.metrics import copy_score
 
 from conftest import TINY_BACKBONE
@@ -76,6 +77,14 @@ def test_a_periodic_exemplar_raises_the_threshold_to_its_own_self_similarity(exe
     # 0.72 + 0.1 = 0.82: scores that would stop a stochastic texture's run are normal here
     assert result.steps == 3 and not result.module.stopped_before_copying
     assert "repeats itself" in caplog.text and "above 0.82 instead of 0.50" in caplog.text
+
+
+def test_halves_that_share_a_patch_do_not_raise_the_threshold_of_an_exemplar_that_does_not_repeat(monkeypatch):
+    """blotchy_0091's halves have a copy score of 0.91 (a shared patch), but it has no period:
+    its new textures score 0.28, and the guard must keep the threshold asked for."""
+    scripted_scores(monkeypatch, [0.2, 0.3, 0.6], exemplar_self_similarity=0.91)
+    guarded = synthesize(load_example("cells", size=32), steps=6, max_copy_score=0.5, **RUN)
+    assert guarded.module.stopped_before_copying and guarded.steps == 2
 
 
 def test_self_similarity_tells_periodic_exemplars_from_stochastic_ones():

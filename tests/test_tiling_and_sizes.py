@@ -201,6 +201,13 @@ def test_an_exemplar_that_repeats_at_a_shift_that_is_no_divisor_is_cut_from_a_mu
     assert image_size_for(None, chequerboard, (128, 192)) == (128, 192)  # a multiple already
     cells = load_example("cells", size=64)
     assert not repeats_itself(cells) and image_size_for(None, cells, (100, 90)) == (100, 90)
+    # a lattice of blobs along (13, 5) and (-5, 13): it repeats along no axis within half its size
+    y, x = torch.meshgrid(torch.arange(96.0), torch.arange(96.0), indexing="ij")
+    basis = torch.tensor([[13.0, -5.0], [5.0, 13.0]])
+    offsets = torch.linalg.solve(basis, torch.stack([y.flatten(), x.flatten()]))
+    distances = (basis @ (offsets - offsets.round())).norm(dim=0).reshape(96, 96)
+    lattice = torch.exp(-distances.pow(2) / 8).expand(3, 96, 96)
+    assert repeats_itself(lattice) and texture_period(lattice) == (96, 96)
 
 
 def test_a_periodic_exemplar_at_a_size_that_is_no_multiple_of_its_period_is_cut_from_a_tile_that_is(exemplar, caplog):

@@ -14,6 +14,7 @@ from texsynth._logging import log
 from texsynth.allocator import kept_memory_for_run
 from texsynth.errors import InvalidArgumentError
 from texsynth.metrics.functional import copy_score, self_similarity
+from texsynth.tiling import repeats_itself
 
 #: cuBLAS reads its workspace layout from this variable; deterministic products need one set
 CUBLAS_WORKSPACE_CONFIG = "CUBLAS_WORKSPACE_CONFIG"
@@ -89,9 +90,10 @@ class StopBeforeCopying(L.Callback):
     (logged as ``copy_score``).
 
     A periodic exemplar (bricks, weave) correlates with itself at every period, so any good
-    texture from it scores like a copy. The threshold is therefore at least the exemplar's own
-    self-similarity (the copy score between its halves, about 0.2-0.4 for stochastic textures,
-    0.85-1 for periodic ones) plus ``PERIODIC_MARGIN``.
+    texture from it scores like a copy. For an exemplar that repeats itself
+    (:func:`texsynth.tiling.repeats_itself`) the threshold is therefore at least its own
+    self-similarity (the copy score between its halves, 0.85-1 for periodic ones) plus
+    ``PERIODIC_MARGIN``.
     """
 
     PERIODIC_MARGIN = 0.1
@@ -102,7 +104,11 @@ class StopBeforeCopying(L.Callback):
         self.threshold = self.max_copy_score
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        baseline = self_similarity(pl_module.exemplar[0].float())
+        exemplar = pl_module.exemplar[0].float()
+        if not repeats_itself(exemplar):  # halves that share a patch (blotchy_0091: 0.91) are no period
+            self.threshold = self.max_copy_score
+            return
+        baseline = self_similarity(exemplar)
         self.threshold = max(self.max_copy_score, baseline + self.PERIODIC_MARGIN)
         if self.threshold >= 1:
             log.warning("the exemplar repeats itself (its halves have a copy score of %.2f): the copy score "

@@ -106,7 +106,7 @@ def texture_period(image: torch.Tensor) -> tuple[int, int]:
     ``bricks`` at 256x256: 64x64 (two rows of 32; a brick is 64 wide).
 
     A shift counts where the autocorrelation of the mean-removed image along that axis
-    (:func:`axis_autocorrelation`) is, at it and at each of its multiples up to half the size,
+    (:func:`autocorrelation`) is, at it and at each of its multiples up to half the size,
     at least :data:`PERIOD_CORRELATION`, and is a peak: no lower than at the neighbouring
     shifts, and :data:`PERIOD_DIP` above its minimum at the shifts before it (a smooth image
     correlates highly with itself at small shifts without repeating). Measured on the bundled
@@ -116,33 +116,34 @@ def texture_period(image: torch.Tensor) -> tuple[int, int]:
 
 
 def repeats_itself(image: torch.Tensor) -> bool:
-    """Whether ``image`` repeats along an axis, at a shift that divides its size or not: a peak
-    of :func:`axis_autocorrelation` as :func:`texture_period` asks of a period, at a shift of at
-    most half the size. bricks, weave and chequered_0096 do; no stochastic DTD exemplar does."""
+    """Whether ``image`` repeats at some shift of at most half its size in each direction,
+    along an axis or not, dividing its size or not: the :func:`autocorrelation` has a peak there
+    as :func:`texture_period` asks of a period, with its dip taken along the line from zero
+    shift. bricks, weave and chequered_0096 do; no stochastic DTD exemplar does, blotchy_0091
+    included (its halves share a copied patch: self-similarity 0.91)."""
     return _periodicity(image)[1]
 
 
-def axis_autocorrelation(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """The autocorrelation of ``image`` (``(..., h, w)``, the mean of each channel removed)
-    along its height and along its width, for shifts 0 .. h-1 and 0 .. w-1: the mean product
-    of values that far apart over the positions where both lie inside the image (no wrapping
-    around: a period need not divide the size), over the mean square. None for a flat image."""
-    signal = image.detach().reshape(-1, *image.shape[-2:])
+def autocorrelation(image: torch.Tensor) -> torch.Tensor | None:
+    """The autocorrelation of ``image`` (``(..., h, w)``, the mean of each channel removed) at
+    every shift, as a ``(2h - 1, 2w - 1)`` grid with zero shift at ``(h - 1, w - 1)``: the mean
+    product of values that far apart over the positions where both lie inside the image (no
+    wrapping around: a period need not divide the size), over the mean square. None for a
+    flat image."""
+    height, width = image.shape[-2:]
+    signal = image.detach().reshape(-1, height, width)
     signal = signal.double() if signal.dtype == torch.float64 else signal.float()  # float32: ample for peaks of 0.7
     signal = signal - signal.mean(dim=(-2, -1), keepdim=True)
     energy = signal.pow(2).mean()
     if energy <= 0:
         return None
-
-    def along(dim: int) -> torch.Tensor:
-        length = signal.shape[dim]
-        spectrum = torch.fft.rfft(signal, n=2 * length, dim=dim)  # zero-padded: no wrap-around
-        products = torch.fft.irfft(spectrum.abs().pow(2), n=2 * length, dim=dim).narrow(dim, 0, length)
-        summed = products.movedim(dim, -1).reshape(-1, length).sum(dim=0)
-        pairs = (length - torch.arange(length, dtype=summed.dtype)) * (signal.numel() // length)
-        return summed / pairs / energy
-
-    return along(-2), along(-1)
+    size = (2 * height, 2 * width)  # zero-padded: no wrap-around
+    products = torch.fft.irfft2(torch.fft.rfft2(signal, s=size).abs().pow(2), s=size).sum(dim=0)
+    products = torch.roll(products, (height - 1, width - 1), dims=(0, 1))[: 2 * height - 1, : 2 * width - 1]
+    rows = height - torch.arange(1 - height, height, dtype=products.dtype).abs()
+    columns = width - torch.arange(1 - width, width, dtype=products.dtype).abs()
+    pairs = torch.outer(rows, columns) * signal.shape[0]
+    return products / pairs / energy
 
 
 #: autocorrelation at a shift and each of its multiples from which it is a period (texture_period)
@@ -151,22 +152,47 @@ PERIOD_CORRELATION = 0.7
 PERIOD_DIP = 0.1
 #: the shortest period looked for, in pixels
 MIN_PERIOD = 4
+#: peaks of the autocorrelation looked at (the highest) in telling whether an image repeats
+MAX_PEAKS = 64
 
 
 def _periodicity(image: torch.Tensor) -> tuple[tuple[int, int], bool]:
     """(texture_period, repeats_itself) from one autocorrelation."""
-    size = tuple(image.shape[-2:])
-    correlations = axis_autocorrelation(image)
-    if correlations is None:  # a flat image repeats at every shift: nothing to fit
-        return size, False  # type: ignore[return-value]
-    periods = [_axis_period(correlation) for correlation in correlations]
-    repeats = any(_repeating_shifts(correlation) for correlation in correlations)
-    return (periods[0], periods[1]), repeats
+    height, width = image.shape[-2:]
+    correlation = autocorrelation(image)
+    if correlation is None:  # a flat image repeats at every shift: nothing to fit
+        return (height, width), False
+    period = (_axis_period(correlation[height - 1 :, width - 1]), _axis_period(correlation[height - 1, width - 1 :]))
+    return period, period != (height, width) or _has_repetition_peak(correlation)
+
+
+def _has_repetition_peak(correlation: torch.Tensor) -> bool:
+    """Whether the autocorrelation grid has a peak of a repetition at a shift of at most half the
+    size each way: at least PERIOD_CORRELATION, the largest of its 3x3 neighbourhood, and
+    PERIOD_DIP above the lowest value on the line from zero shift to it."""
+    centre_y, centre_x = (side // 2 for side in correlation.shape)
+    reach_y, reach_x = (centre_y + 1) // 2, (centre_x + 1) // 2
+    window = correlation[centre_y - reach_y : centre_y + reach_y + 1, centre_x - reach_x : centre_x + reach_x + 1]
+    neighbourhood_max = F.max_pool2d(window[None, None], 3, stride=1, padding=1)[0, 0]
+    shifts_y = torch.arange(-reach_y, reach_y + 1)[:, None].expand_as(window)
+    shifts_x = torch.arange(-reach_x, reach_x + 1)[None, :].expand_as(window)
+    candidates = ((window >= PERIOD_CORRELATION) & (window >= neighbourhood_max)
+                  & (torch.maximum(shifts_y.abs(), shifts_x.abs()) >= MIN_PERIOD) & (shifts_y >= 0))  # r(-v) = r(v)
+    values = window[candidates]
+    for index in values.argsort(descending=True)[:MAX_PEAKS]:
+        dy, dx = int(shifts_y[candidates][index]), int(shifts_x[candidates][index])
+        steps = max(abs(dy), abs(dx))
+        fractions = torch.arange(1, steps, dtype=torch.float64) / steps
+        line = window[(reach_y + fractions * dy).round().long(), (reach_x + fractions * dx).round().long()]
+        if values[index] - line.min() >= PERIOD_DIP:
+            return True
+    return False
 
 
 def _repeating_shifts(correlation: torch.Tensor) -> list[int]:
-    """Shifts of at most half the size at which the autocorrelation has a repetition's peak:
-    at least PERIOD_CORRELATION, no lower than its neighbours, PERIOD_DIP above its minimum before."""
+    """Shifts of at most half the size at which the autocorrelation along an axis has a
+    repetition's peak: at least PERIOD_CORRELATION, no lower than its neighbours, PERIOD_DIP
+    above its minimum over the shorter shifts."""
     size = correlation.shape[0]
     if size // 2 < MIN_PERIOD:
         return []

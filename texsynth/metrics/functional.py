@@ -236,7 +236,9 @@ def copy_score(
 def self_similarity(exemplar: torch.Tensor) -> float:
     """Copy score between the exemplar's left and right (top and bottom) halves, the larger:
     about 0.9 or more for a periodic exemplar (bricks, weave, a chequerboard), 0.2–0.4 for the
-    stochastic DTD exemplars measured."""
+    stochastic DTD exemplars measured, but 0.91 for blotchy_0091, whose halves share a patch:
+    high for an exemplar that repeats, not only for one (:func:`texsynth.tiling.repeats_itself`
+    tells)."""
     height, width = exemplar.shape[-2:]
     with torch.no_grad():
         across = copy_score(exemplar[..., : width // 2], exemplar[..., width // 2:])
