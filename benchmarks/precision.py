@@ -142,8 +142,8 @@ def main() -> int:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.machine()} CPU"
     print(f"device: {name}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads); "
           f"best of {args.repeats} x {args.evals} evaluations (median alongside)")
-    print(f"| recipe | size | setting | s / evaluation | median | evaluations / s | vs fp32 | "
-          f"loss rel. error | gradient rel. error |")
+    print("| recipe | size | setting | s / evaluation | median | evaluations / s | vs fp32 | "
+          "loss rel. error | gradient rel. error |")
     print("|---|---|---|---|---|---|---|---|---|")
     for recipe in args.recipes:
         for size in args.sizes:

@@ -235,8 +235,6 @@ def test_an_output_suffix_no_image_takes_fails_before_the_run(tmp_path, capsys, 
 
 @pytest.mark.parametrize("blocker", ["a file where a folder should be", "a missing folder under a file"])
 def test_an_output_folder_that_cannot_exist_fails_before_the_run(tmp_path, capsys, monkeypatch, blocker):
-    import texsynth.api
-
     (tmp_path / "afile").write_text("not a folder")
     out = tmp_path / "afile" / "o.png" if blocker.startswith("a file") else tmp_path / "afile" / "sub" / "o.png"
     monkeypatch.setattr("texsynth.api.fit", lambda *args, **kwargs: pytest.fail("optimized before failing"))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -21,7 +20,8 @@ from texsynth.examples import load_example
 from texsynth.init import random_phase_noise
 from texsynth.losses.spectrum import SpectrumLoss, exemplar_spectrum, periodic_component, spectrum_projection
 from texsynth.metrics import seam_score
-from texsynth.tiling import image_size_for, periodic_resize, repeats_itself, texture_period, tile_targets_source
+from texsynth.periodicity import repeats_itself, texture_period
+from texsynth.tiling import image_size_for, periodic_resize, tile_targets_source
 
 
 def _periodic_laplacian(image: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,7 @@ from texsynth._logging import log
 from texsynth.allocator import kept_memory_for_run
 from texsynth.errors import InvalidArgumentError
 from texsynth.metrics.functional import copy_score, self_similarity
-from texsynth.tiling import repeats_itself
+from texsynth.periodicity import repeats_itself
 
 #: cuBLAS reads its workspace layout from this variable; deterministic products need one set
 CUBLAS_WORKSPACE_CONFIG = "CUBLAS_WORKSPACE_CONFIG"
@@ -91,7 +91,7 @@ class StopBeforeCopying(L.Callback):
 
     A periodic exemplar (bricks, weave) correlates with itself at every period, so any good
     texture from it scores like a copy. For an exemplar that repeats itself
-    (:func:`texsynth.tiling.repeats_itself`) the threshold is therefore at least its own
+    (:func:`texsynth.periodicity.repeats_itself`) the threshold is therefore at least its own
     self-similarity (the copy score between its halves, 0.85-1 for periodic ones) plus
     ``PERIODIC_MARGIN``.
     """

@@ -25,7 +25,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from texsynth._logging import log
 from texsynth.errors import CheckpointError, TexsynthError, require_count, torch_load_failure
-from texsynth.image_io import atomic_write, save_image
+from texsynth.image_io import atomic_write
 
 
 def check_resumable(path: str | os.PathLike) -> int:

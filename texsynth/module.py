@@ -54,6 +54,7 @@ from texsynth.tiling import (
 #: exemplar's period fits would repeat the full size's, at sizes the user did not ask for
 COARSE_STAGE: contextvars.ContextVar[bool] = contextvars.ContextVar("texsynth_coarse_stage", default=False)
 
+
 class TextureSynthesis(L.LightningModule):
     """Optimize an image so its CNN statistics match an exemplar's.
 

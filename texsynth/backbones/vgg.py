@@ -8,7 +8,6 @@ a hooked pre-activation (e.g. ``conv1_1``, used by the reference) is not overwri
 from __future__ import annotations
 
 import os
-from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 

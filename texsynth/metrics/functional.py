@@ -237,7 +237,7 @@ def self_similarity(exemplar: torch.Tensor) -> float:
     """Copy score between the exemplar's left and right (top and bottom) halves, the larger:
     about 0.9 or more for a periodic exemplar (bricks, weave, a chequerboard), 0.2–0.4 for the
     stochastic DTD exemplars measured, but 0.91 for blotchy_0091, whose halves share a patch:
-    high for an exemplar that repeats, not only for one (:func:`texsynth.tiling.repeats_itself`
+    high for an exemplar that repeats, not only for one (:func:`texsynth.periodicity.repeats_itself`
     tells)."""
     height, width = exemplar.shape[-2:]
     with torch.no_grad():
