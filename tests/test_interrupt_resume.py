@@ -252,6 +252,9 @@ def test_load_from_checkpoint_rebuilds_the_module_from_the_file_alone(exemplar, 
     with pytest.raises(InvalidArgumentError, match="is the exemplar itself"):  # still protected
         loaded.save_outputs(exemplar_file)
     assert loaded.compute_losses()["total"].item() == pytest.approx(first.compute_losses()["total"].item())
+    undone = TextureSynthesis.load_from_checkpoint(checkpoint)
+    undone.undo_step()  # goes back to the loaded image, the last good one it has, not to its start noise
+    assert torch.equal(undone.image.detach(), first.image.detach()) and undone.num_steps == 1
     fit(loaded, 1, logdir=False, progress_bar=False, quiet=True)  # a fresh fit goes on from the loaded image
     assert loaded.num_steps == 3 and loaded.loss_history[-1] < first.loss_history[-1]
 

@@ -86,8 +86,6 @@ def load_checkpointed_module(cls: type[Any], path: str | os.PathLike, map_locati
         module.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as error:
         raise CheckpointError(f"checkpoint {path}: {torch_load_failure(error)}") from None
-    with torch.no_grad():  # the image a divergence would restore
-        module._last_good_image.copy_(module.image)
     if map_location is not None:
         module.to(torch.device(map_location))
     return module

@@ -274,6 +274,14 @@ class TextureSynthesis(L.LightningModule):
             self.num_steps + 1, total, self.num_steps,
         )
 
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        """Load as ``nn.Module`` does; the loaded image is then the one a divergence or an
+        undone step goes back to (``load_from_checkpoint`` and a Trainer's resume both land here)."""
+        result = super().load_state_dict(state_dict, strict=strict, assign=assign)
+        with torch.no_grad():
+            self._last_good_image.copy_(self.image)
+        return result
+
     def undo_step(self) -> None:
         """Put back the image the last step started from and forget that step.
 
