@@ -191,13 +191,20 @@ def test_the_texture_period_is_the_smallest_shift_that_maps_an_image_to_itself()
     assert texture_period(torch.full((3, 32, 48), 0.5)) == (32, 48)
 
 
-def test_an_exemplar_that_repeats_at_a_shift_that_is_no_divisor_is_cut_from_a_multiple_of_its_size():
+def test_an_exemplar_that_repeats_at_a_shift_that_is_no_divisor_is_cut_from_a_multiple_of_its_size(caplog):
     """chequered_0096's squares repeat every 75 of its 256 pixels: at whole multiples of its size
     its spectrum target keeps its frequencies, and the squares came out more regular."""
     y, x = torch.meshgrid(torch.arange(64), torch.arange(64), indexing="ij")
     chequerboard = ((y // 5 + x // 5) % 2).float().expand(3, 64, 64)  # period 10, which 64 is not a multiple of
     assert repeats_itself(chequerboard) and texture_period(chequerboard) == (64, 64)
     assert image_size_for(None, chequerboard, (100, 90)) == (128, 128)
+    logger = logging.getLogger("texsynth")
+    logger.addHandler(caplog.handler)
+    try:
+        TextureSynthesis(chequerboard, **TINY_BACKBONE, size=(100, 90), seed=0)
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert "90x100 is not a whole multiple of its size 64x64: optimizing a 128x128 tile" in caplog.text
     assert image_size_for(None, chequerboard, (128, 192)) == (128, 192)  # a multiple already
     cells = load_example("cells", size=64)
     assert not repeats_itself(cells) and image_size_for(None, cells, (100, 90)) == (100, 90)
@@ -236,8 +243,9 @@ def test_a_periodic_exemplar_at_a_size_that_is_no_multiple_of_its_period_is_cut_
     finally:
         logger.removeHandler(caplog.handler)
     warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
-    assert warnings == [f"tile=True: exemplar image repeats every {period}, which does not divide {size}: its rows may "
-                        f"break (a {fitting} tile would fit; with tile left unset, a larger output is cut from one)"
+    assert warnings == [f"tile=True: exemplar image repeats itself and {size} is not a whole multiple of its period "
+                        f"{period}: its rows may break (a {fitting} tile would fit; with tile left unset, a larger "
+                        "output is cut from one)"
                         for period, size, fitting in (("8x8", "50x41", "56x48"), ("16x16", "100x82", "112x96"))]
     assert with_coarse_stage.coarse.levels == 1 and "skipping" not in caplog.text  # its half-size stage ran
     assert TextureSynthesis(exemplar, **TINY_BACKBONE, size=(41, 50), tile=False, seed=0).image_size == (41, 50)

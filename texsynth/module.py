@@ -348,14 +348,16 @@ class TextureSynthesis(L.LightningModule):
             return
         output, period_text, fitting = (f"{width}x{height}" for height, width in
                                         (self.output_size, period, next_multiple(self.output_size, period)))
+        # a period of the exemplar's own size: it repeats at shifts that do not divide it (chequered_0096)
+        unit = f"its size {period_text}" if tuple(period) == tuple(exemplar.shape[-2:]) else f"its period {period_text}"
         if self.image_size != self.output_size:
-            log.info("exemplar %s repeats itself and %s is not a whole multiple of its period %s: optimizing a %s "
-                     "tile and cropping it (a tile of the size asked for breaks its rows; tile=True makes one anyway)",
-                     self.exemplar_name, output, period_text, fitting)
+            log.info("exemplar %s repeats itself and %s is not a whole multiple of %s: optimizing a %s tile and "
+                     "cropping it (a tile of the size asked for breaks its rows; tile=True makes one anyway)",
+                     self.exemplar_name, output, unit, fitting)
         else:
-            log.warning("tile=True: exemplar %s repeats every %s, which does not divide %s: its rows may break (a %s "
-                        "tile would fit; with tile left unset, a larger output is cut from one)", self.exemplar_name,
-                        period_text, output, fitting)
+            log.warning("tile=True: exemplar %s repeats itself and %s is not a whole multiple of %s: its rows may "
+                        "break (a %s tile would fit; with tile left unset, a larger output is cut from one)",
+                        self.exemplar_name, output, unit, fitting)
 
     def rebuild_options(self) -> tuple[dict[str, Any], dict[str, str]]:
         """Keyword arguments that build this module again around its exemplar (as
