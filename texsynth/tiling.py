@@ -62,8 +62,8 @@ def resolve_tile(tile: bool | None, exemplar_size: tuple[int, int], output_size:
 def image_size_for(tile: bool | None, exemplar: torch.Tensor, output_size: tuple[int, int]) -> tuple[int, int]:
     """The size of the image to optimize for an output of ``output_size``: that size, except
     for a periodic exemplar tiled by default (``tile=None``, a larger output) at a size that
-    is not a whole multiple of its period (:func:`~texsynth.periodicity.texture_period`). The period cannot repeat a
-    whole number of times around such a tile, and the texture breaks where the spectrum
+    is not a whole multiple of its period (:func:`unfitting_period`). The period cannot repeat
+    a whole number of times around such a tile, and the texture breaks where the spectrum
     constraint and the features disagree (``bricks`` 256 -> 400: a band of faded,
     cross-hatched rows across the middle). The image is then the next whole multiple of the
     period (448x448 for 400x400: bricks repeat every 64 pixels), a tile of regular rows, and
@@ -85,8 +85,8 @@ def next_multiple(size: tuple[int, int], period: tuple[int, int]) -> tuple[int, 
 
 def unfitting_period(exemplar: torch.Tensor, size: tuple[int, int]) -> tuple[int, int] | None:
     """The period (:func:`~texsynth.periodicity.texture_period`) of an exemplar that repeats
-    itself (:func:`~texsynth.periodicity.repeats_itself`) where a tile of ``size`` cannot hold a whole number of them; None
-    where it can, or where the exemplar does not repeat.
+    itself (:func:`~texsynth.periodicity.repeats_itself`) where a tile of ``size`` cannot hold
+    a whole number of them; None where it can, or where the exemplar does not repeat.
 
     An exemplar that repeats at shifts that do not divide its size (chequered_0096's squares are
     75 pixels apart in 256) has its own size as its period here: at whole multiples of that
