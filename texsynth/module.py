@@ -40,13 +40,13 @@ from texsynth.memory import check_image_fits, check_memory, size_label
 from texsynth.presets import LBFGS_DEFAULTS, Preset, list_presets, torch_lbfgs_options
 from texsynth.recipe import LossSpec, resolve_recipe
 from texsynth.tiling import (
-    image_size_for,
+    TilePlan,
     make_periodic,
     next_multiple,
     periodic_resize,
+    plan_tile,
     resolve_tile,
     tile_targets_source,
-    unfitting_period,
 )
 
 
@@ -138,9 +138,13 @@ class TextureSynthesis(L.LightningModule):
         self.output_size: Size = parse_size(size) or tuple(exemplar_tensor.shape[-2:])  # type: ignore[assignment]
         #: the optimized image's size: the output's, or a whole multiple of a periodic exemplar's
         #: of which the output is the top-left crop (:func:`texsynth.tiling.image_size_for`)
-        self.image_size: Size = image_size_for(tile, exemplar_tensor[0], self.output_size)
-        if (self.image_size != self.output_size or tile is True) and not COARSE_STAGE.get():
-            self._say_how_the_period_fits(exemplar_tensor[0])
+        # a coarse stage gets the full size's tile as resolved (a bool, never None): its image is its
+        # size, and how the period fits was the full size's to tell
+        plan = (TilePlan(self.output_size, None) if COARSE_STAGE.get()
+                else plan_tile(tile, exemplar_tensor[0], self.output_size))
+        self.image_size: Size = plan.image_size
+        if plan.unfitting_period is not None:
+            self._say_how_the_period_fits(plan.unfitting_period, tuple(exemplar_tensor.shape[-2:]))
 
         self.tile = resolve_tile(tile, tuple(exemplar_tensor.shape[-2:]), self.image_size)
         if self.tile:
@@ -340,16 +344,13 @@ class TextureSynthesis(L.LightningModule):
     RESUME_KEYS = ("exemplar_sha256_16", "exemplar_size", "size", "image_size", "backbone", "losses", "variations",
                    "tile", "lbfgs")
 
-    def _say_how_the_period_fits(self, exemplar: torch.Tensor) -> None:
+    def _say_how_the_period_fits(self, period: tuple[int, int], exemplar_size: tuple[int, int]) -> None:
         """One line where a periodic exemplar's period does not divide the output: it is cut from a
         larger tile, or, a tile of its size asked for, its rows may break."""
-        period = unfitting_period(exemplar, self.output_size)
-        if period is None:
-            return
         output, period_text, fitting = (f"{width}x{height}" for height, width in
                                         (self.output_size, period, next_multiple(self.output_size, period)))
         # a period of the exemplar's own size: it repeats at shifts that do not divide it (chequered_0096)
-        unit = f"its size {period_text}" if tuple(period) == tuple(exemplar.shape[-2:]) else f"its period {period_text}"
+        unit = f"its size {period_text}" if tuple(period) == exemplar_size else f"its period {period_text}"
         if self.image_size != self.output_size:
             log.info("exemplar %s repeats itself and %s is not a whole multiple of %s: optimizing a %s tile and "
                      "cropping it (a tile of the size asked for breaks its rows; tile=True makes one anyway)",

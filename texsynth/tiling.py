@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -69,12 +70,27 @@ def image_size_for(tile: bool | None, exemplar: torch.Tensor, output_size: tuple
     period (448x448 for 400x400: bricks repeat every 64 pixels), a tile of regular rows, and
     the output its top-left crop: not itself a tile (``tile=True`` asks for one at the size
     given)."""
-    if tile is not None or not resolve_tile(None, tuple(exemplar.shape[-2:]), output_size):
-        return output_size
-    period = unfitting_period(exemplar, output_size)
-    if period is None:
-        return output_size
-    return next_multiple(output_size, period)
+    return plan_tile(tile, exemplar, output_size).image_size
+
+
+class TilePlan(NamedTuple):
+    """What is optimized for an output: the image's size (:func:`image_size_for`), and the
+    exemplar's period where the output is no whole multiple of it (None where it is, where the
+    exemplar does not repeat, or where nothing asked: an untiled output)."""
+
+    image_size: tuple[int, int]
+    unfitting_period: tuple[int, int] | None
+
+
+def plan_tile(tile: bool | None, exemplar: torch.Tensor, output_size: tuple[int, int]) -> TilePlan:
+    """:func:`image_size_for` and the period it went by, from one look at the exemplar. The
+    period is looked for where it decides the size (``tile=None``, a larger output) and where
+    ``tile=True`` asks for a tile it may not fit (which the module warns about)."""
+    looks = tile is True or (tile is None and resolve_tile(None, tuple(exemplar.shape[-2:]), output_size))
+    period = unfitting_period(exemplar, output_size) if looks else None
+    if tile is None and period is not None:
+        return TilePlan(next_multiple(output_size, period), period)
+    return TilePlan(output_size, period)
 
 
 def next_multiple(size: tuple[int, int], period: tuple[int, int]) -> tuple[int, int]:
